@@ -1,0 +1,147 @@
+"""Nearest dst row for every src row, without materialising the src x dst distance matrix.
+
+Matching is the cost centre of AsymRnR: each src token looks for its nearest dst token over
+the whole video. A full ``Ns x Nd`` distance matrix per head is gigabytes at real sizes, so
+this module exposes one custom op, ``torch.ops.asymrnr.nearest_dst``, that returns only the
+per-row minimum and its index:
+
+* on CPU (and as the CUDA fallback) a chunked PyTorch implementation that bounds the
+  distance block in memory by processing src rows (and, if needed, groups) in chunks;
+* on CUDA, when Triton is importable, a fused kernel (:mod:`asymrnr_fx.triton_nearest`)
+  that keeps a running min/argmin per src row while it tiles over dst, like flash attention.
+
+It is a ``torch.library.custom_op`` with a fake implementation, so Dynamo, AOTAutograd and
+Inductor see one opaque node with static output shapes.
+
+Distances (fp32 accumulation whatever the input dtype):
+
+* ``"l2"``: squared L2, ``||s||^2 - 2 s.d + ||d||^2`` in float32. Rounding can leave an
+  exact match a tiny negative number; it is not clamped (the argmin must not change).
+* ``"cosine"``: ``1 - cos(s, d)``, each vector normalised in float32 with eps ``1e-6``.
+
+Ties go to the lowest dst index.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["METRICS", "nearest_dst", "nearest_dst_chunked"]
+
+METRICS = ("l2", "cosine")
+NORM_EPS = 1e-6
+# Bytes the chunked path may spend on one block of fp32 distances (plus its temporaries of
+# the same size). 256 MiB keeps a CPU run small and is far below any GPU's memory.
+CHUNK_BUDGET_BYTES = 256 * 2**20
+
+
+def _check(src: Tensor, dst: Tensor, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is invalid: choose one of {METRICS}")
+    if src.dim() < 2 or dst.dim() < 2:
+        raise ValueError(
+            f"src and dst must be (..., N, D); got shapes {tuple(src.shape)} and {tuple(dst.shape)}"
+        )
+    if src.shape[:-2] != dst.shape[:-2] or src.shape[-1] != dst.shape[-1]:
+        raise ValueError(
+            "src (..., Ns, D) and dst (..., Nd, D) need the same leading dims and D; got "
+            f"{tuple(src.shape)} and {tuple(dst.shape)}"
+        )
+    if dst.shape[-2] == 0 and src.shape[-2] > 0:
+        raise ValueError("dst has no rows: there is no nearest dst for any src row")
+    if not (src.is_floating_point() and dst.is_floating_point()):
+        raise ValueError(f"src and dst must be floating point; got {src.dtype} and {dst.dtype}")
+    if src.device != dst.device:
+        raise ValueError(f"src and dst are on different devices: {src.device} and {dst.device}")
+
+
+def _prepare(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
+    """fp32 copy (normalised for cosine) and, for l2, the squared norms."""
+    x = x.float()
+    if metric == "cosine":
+        return torch.nn.functional.normalize(x, dim=-1, eps=NORM_EPS), None
+    return x, x.square().sum(-1)
+
+
+def nearest_dst_chunked(
+    src: Tensor, dst: Tensor, metric: str = "l2", budget_bytes: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Chunked PyTorch implementation of :func:`nearest_dst` (any device).
+
+    At most about ``budget_bytes`` of fp32 distances exist at once: src rows (and, when one
+    src row over all groups already exceeds the budget, groups) are processed in chunks.
+    """
+    _check(src, dst, metric)
+    lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
+    s3 = src.reshape(-1, ns, d)
+    d3 = dst.reshape(-1, nd, d)
+    g = s3.shape[0]
+    dist = torch.empty(g, ns, dtype=torch.float32, device=src.device)
+    idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
+    if g == 0 or ns == 0:
+        return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
+    budget = max(1, (CHUNK_BUDGET_BYTES if budget_bytes is None else budget_bytes) // 4)
+    gblock = min(g, max(1, budget // nd))
+    chunk = min(ns, max(1, budget // (gblock * nd)))
+    for g0 in range(0, g, gblock):
+        g1 = min(g, g0 + gblock)
+        dd, dsq = _prepare(d3[g0:g1], metric)
+        dd_t = dd.transpose(1, 2)
+        for s0 in range(0, ns, chunk):
+            s1 = min(ns, s0 + chunk)
+            ss, ssq = _prepare(s3[g0:g1, s0:s1], metric)
+            if metric == "l2":
+                # (||d||^2 - 2 s.d) + ||s||^2: one fused GEMM, then one in-place add.
+                block = torch.baddbmm(dsq[:, None, :], ss, dd_t, beta=1.0, alpha=-2.0)
+                block.add_(ssq[:, :, None])
+            else:
+                block = torch.bmm(ss, dd_t).neg_().add_(1.0)
+            # torch.min over a dim returns the first minimal index: ties -> lowest dst index.
+            vals, args = block.min(dim=-1)
+            dist[g0:g1, s0:s1] = vals
+            idx[g0:g1, s0:s1] = args
+            del block
+    return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
+
+
+def _use_triton(src: Tensor) -> bool:
+    if not src.is_cuda:
+        return False
+    from . import triton_nearest
+
+    return triton_nearest.available() and triton_nearest.supports(src)
+
+
+@torch.library.custom_op("asymrnr::nearest_dst", mutates_args=())
+def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+    if _use_triton(src):
+        from . import triton_nearest
+
+        return triton_nearest.nearest_dst_triton(src, dst, metric)
+    return nearest_dst_chunked(src, dst, metric)
+
+
+@_nearest_dst_op.register_fake
+def _(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+    _check(src, dst, metric)
+    out_shape = (*src.shape[:-1],)
+    return (
+        src.new_empty(out_shape, dtype=torch.float32),
+        src.new_empty(out_shape, dtype=torch.int64),
+    )
+
+
+def nearest_dst(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+    """For each src row, the distance to and the index of its nearest dst row.
+
+    Args:
+        src: ``(..., Ns, D)`` floating point (fp32, bf16, fp16, ...).
+        dst: ``(..., Nd, D)`` with the same leading dims and ``D`` as ``src``.
+        metric: ``"l2"`` (squared L2) or ``"cosine"`` (``1 - cos``); see the module docstring.
+
+    Returns:
+        ``(dist, idx)``: float32 ``(..., Ns)`` and int64 ``(..., Ns)``; ties go to the lowest
+        dst index. Not differentiable (matching picks indices; nothing flows back through it).
+    """
+    return torch.ops.asymrnr.nearest_dst(src, dst, metric)

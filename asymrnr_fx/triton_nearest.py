@@ -1,0 +1,176 @@
+"""Fused Triton kernel for :func:`asymrnr_fx.nearest.nearest_dst` on CUDA.
+
+One program owns ``BLOCK_M`` src rows of one group (batch x head). It loads them once,
+then walks over dst in tiles of ``BLOCK_N`` rows like flash attention walks over keys: one
+tensor-core GEMM tile ``s @ d^T`` (fp32 accumulation), the distance, and a running
+min/argmin per src row. The ``Ns x Nd`` matrix never exists; memory traffic is one read of
+src and ``Ns / BLOCK_M`` reads of dst per group.
+
+Numerics match the chunked PyTorch path up to summation order: bf16/fp16 products are exact
+in fp32, so the GEMM on the native dtype with an fp32 accumulator equals the fp32 GEMM of the
+upcast values; fp32 inputs use IEEE fp32 (never TF32). Cosine divides the raw dot by the two
+clamped norms, which is ``normalize(s) . normalize(d)`` up to rounding. Ties: Triton's
+``min(..., return_indices=True)`` keeps the leftmost index in a tile, and a later tile only
+wins on a strictly smaller distance, so the lowest dst index wins.
+
+Importing this module never fails: without Triton, :func:`available` is False and the op
+uses the chunked path. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors (slowly),
+which is how it is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton is optional: the CPU path and the CUDA fallback never need it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
+__all__ = ["MAX_DIM", "available", "interpreting", "nearest_dst_triton", "supports"]
+
+# One program keeps BLOCK_M x BLOCK_D src values in registers; beyond 256 the chunked path
+# (cuBLAS GEMMs) is the better choice anyway.
+MAX_DIM = 256
+_NATIVE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available() -> bool:
+    """True when the fused kernel can run here (Triton plus CUDA, or the interpreter)."""
+    return triton is not None and (torch.cuda.is_available() or interpreting())
+
+
+def supports(src: Tensor) -> bool:
+    """Whether the kernel handles this input (device and head dim)."""
+    return (src.is_cuda or interpreting()) and 1 <= src.shape[-1] <= MAX_DIM
+
+
+if triton is not None:
+
+    @triton.jit
+    def _nearest_kernel(
+        S,
+        Dst,
+        OutD,
+        OutI,
+        ns,
+        nd,
+        dim,
+        s_sg,
+        s_sn,
+        s_sd,
+        d_sg,
+        d_sn,
+        d_sd,
+        COSINE: tl.constexpr,
+        IEEE: tl.constexpr,
+        EPS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        g = tl.program_id(1).to(tl.int64)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rd = tl.arange(0, BLOCK_D)
+        m_mask = rm < ns
+        d_mask = rd < dim
+        s_ptrs = S + g * s_sg + rm[:, None].to(tl.int64) * s_sn + rd[None, :] * s_sd
+        s = tl.load(s_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        sf = s.to(tl.float32)
+        s_sq = tl.sum(sf * sf, 1)
+        s_inv = 1.0 / tl.maximum(tl.sqrt(s_sq), EPS)
+        best = tl.full((BLOCK_M,), float("inf"), tl.float32)
+        best_i = tl.zeros((BLOCK_M,), tl.int32)
+        for n0 in range(0, nd, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            n_mask = rn < nd
+            d_ptrs = Dst + g * d_sg + rn[:, None].to(tl.int64) * d_sn + rd[None, :] * d_sd
+            dt = tl.load(d_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            df = dt.to(tl.float32)
+            if IEEE:
+                dot = tl.dot(sf, tl.trans(df), input_precision="ieee")
+            else:
+                dot = tl.dot(s, tl.trans(dt), out_dtype=tl.float32)
+            if COSINE:
+                d_inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(df * df, 1)), EPS)
+                dist = 1.0 - dot * s_inv[:, None] * d_inv[None, :]
+            else:
+                # Same association as the chunked path: (||d||^2 - 2 s.d) + ||s||^2.
+                dist = (tl.sum(df * df, 1)[None, :] - 2.0 * dot) + s_sq[:, None]
+            dist = tl.where(n_mask[None, :], dist, float("inf"))
+            tmin, targ = tl.min(dist, 1, return_indices=True, return_indices_tie_break_left=True)
+            better = tmin < best  # strict: an earlier tile keeps its (lower) index on a tie
+            best = tl.where(better, tmin, best)
+            best_i = tl.where(better, targ + n0, best_i)
+        out = g * ns + rm
+        tl.store(OutD + out, best, mask=m_mask)
+        tl.store(OutI + out, best_i.to(tl.int64), mask=m_mask)
+
+
+def _blocks(dim_block: int, ieee: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a padded head dim."""
+    if ieee or dim_block > 128:
+        return 64, 32, 4, 2
+    if dim_block > 64:
+        return 64, 64, 4, 2
+    return 128, 64, 4, 2
+
+
+def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+    """The fused kernel; same contract as :func:`asymrnr_fx.nearest.nearest_dst`."""
+    from .nearest import NORM_EPS, _check
+
+    _check(src, dst, metric)
+    if not available():
+        raise RuntimeError(
+            "the Triton nearest_dst kernel needs Triton and CUDA (or TRITON_INTERPRET=1)"
+        )
+    if not supports(src):
+        raise ValueError(f"the Triton kernel needs head dim 1..{MAX_DIM}; got {src.shape[-1]}")
+    lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
+    dtype = torch.promote_types(src.dtype, dst.dtype)
+    if dtype not in _NATIVE:
+        dtype = torch.float32
+    s3 = src.to(dtype).reshape(-1, ns, d)
+    d3 = dst.to(dtype).reshape(-1, nd, d)
+    g = s3.shape[0]
+    dist = torch.empty(g, ns, dtype=torch.float32, device=src.device)
+    idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
+    if g > 0 and ns > 0:
+        ieee = dtype == torch.float32
+        block_d = max(16, triton.next_power_of_2(d))
+        block_m, block_n, warps, stages = _blocks(block_d, ieee)
+        grid = (triton.cdiv(ns, block_m), g)
+        with torch.cuda.device(src.device) if src.is_cuda else contextlib.nullcontext():
+            _nearest_kernel[grid](
+                s3,
+                d3,
+                dist,
+                idx,
+                ns,
+                nd,
+                d,
+                *s3.stride(),
+                *d3.stride(),
+                COSINE=metric == "cosine",
+                IEEE=ieee,
+                EPS=NORM_EPS,
+                BLOCK_M=block_m,
+                BLOCK_N=block_n,
+                BLOCK_D=block_d,
+                num_warps=warps,
+                num_stages=stages,
+            )
+    return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
