@@ -1,0 +1,537 @@
+"""Reduction schedules: a ratio per (attention site, denoising step, component).
+
+A :class:`Schedule` holds two tables, ``q`` and ``kv``, each ``[step][layer]`` of floats in
+``[0, 1)``: the fraction of *video* tokens removed from Q (resp. K and V) at that attention
+site and step. "Layer" is the index of the attention site in call order within one forward
+of the transformer (one per self-attention call, so a dual-stream block counts once per
+SDPA call).
+
+Schedules are immutable and hashable, so the dispatcher can key compiled phases on them,
+and they round-trip through JSON (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "num_layers": 30, "num_steps": 50,
+      "q":  [[0.0, ...], ...],      # num_steps rows of num_layers ratios
+      "kv": [[0.0, ...], ...],
+      "name": "optional label", "meta": {"optional": "JSON object"}
+    }
+
+Step mapping: a generation with ``N`` steps may use a schedule written for ``S`` steps.
+Generation step ``s`` (``0 <= s < N``) reads schedule step ``floor(s * S / N)``: the
+relative position in the denoising trajectory is kept. Equal counts map one to one; the
+mapping is monotone and always lands inside the schedule (never a silent truncation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "COMPONENTS",
+    "Schedule",
+    "map_step",
+    "resolve_schedule",
+]
+
+SCHEMA_VERSION = 1
+COMPONENTS = ("q", "kv")
+
+Ratios = tuple[tuple[float, float], ...]
+"""Per layer ``(q, kv)`` ratios at one step."""
+
+Bound = int | float | None
+
+
+def _fail(msg: str) -> ValueError:
+    return ValueError(msg)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"{name}={value!r} is invalid: a positive int is required")
+    return value
+
+
+def _check_ratio(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(f"{where}={value!r} is not a number: a ratio is a float in [0, 1)")
+    value = float(value)
+    if not (0.0 <= value < 1.0):  # also rejects NaN
+        raise _fail(f"{where}={value!r} is out of range [0, 1)")
+    return value
+
+
+def _table(comp: str, rows: Any, num_layers: int, num_steps: int) -> tuple[tuple[float, ...], ...]:
+    """Validate one component table and freeze it as nested tuples of floats."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise _fail(f"{comp} must be a list of {num_steps} rows of {num_layers} ratios, got {rows!r}")
+    rows = list(rows)
+    if len(rows) != num_steps:
+        raise _fail(
+            f"{comp} has {len(rows)} rows but num_steps={num_steps}: give one row per step"
+        )
+    out = []
+    for s, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            raise _fail(f"{comp}[{s}] must be a list of {num_layers} ratios, got {row!r}")
+        row = list(row)
+        if len(row) != num_layers:
+            raise _fail(
+                f"{comp}[{s}] has {len(row)} ratios but num_layers={num_layers}: "
+                "give one ratio per attention site"
+            )
+        out.append(tuple(_check_ratio(f"{comp}[{s}][{i}]", v) for i, v in enumerate(row)))
+    return tuple(out)
+
+
+def map_step(step: int, num_steps: int, schedule_steps: int) -> int:
+    """Schedule step read at generation ``step`` of ``num_steps``: ``floor(step*S/N)``.
+
+    Raises ``ValueError`` when ``step`` is outside ``[0, num_steps)``.
+    """
+    _check_count("num_steps", num_steps)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise _fail(f"step={step!r} is invalid: a non-negative int is required")
+    if step >= num_steps:
+        raise _fail(
+            f"step={step} is out of range for a generation of num_steps={num_steps}: "
+            "pass the generation's real step count as num_steps"
+        )
+    return step * schedule_steps // num_steps
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Ratios per (step, layer, component); see the module docstring for the format.
+
+    Equality and hashing use only ``num_layers``, ``num_steps``, ``q`` and ``kv``;
+    ``name`` and ``meta`` are labels.
+    """
+
+    num_layers: int
+    num_steps: int
+    q: tuple[tuple[float, ...], ...]
+    kv: tuple[tuple[float, ...], ...]
+    name: str | None = field(default=None, compare=False)
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_count("num_layers", self.num_layers)
+        _check_count("num_steps", self.num_steps)
+        object.__setattr__(self, "q", _table("q", self.q, self.num_layers, self.num_steps))
+        object.__setattr__(self, "kv", _table("kv", self.kv, self.num_layers, self.num_steps))
+        if self.name is not None and not isinstance(self.name, str):
+            raise _fail(f"name={self.name!r} is invalid: a string or None")
+        if not isinstance(self.meta, Mapping):
+            raise _fail(f"meta={self.meta!r} is invalid: a JSON object (mapping) is required")
+        try:
+            # A deep, JSON-clean copy: the schedule stays immutable and always saves.
+            meta = json.loads(json.dumps(dict(self.meta)))
+        except (TypeError, ValueError) as exc:
+            raise _fail(f"meta is not JSON-serializable: {exc}") from None
+        object.__setattr__(self, "meta", MappingProxyType(meta))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def uniform(
+        cls, num_layers: int, num_steps: int, q: float = 0.0, kv: float = 0.0, *,
+        name: str | None = None,
+    ) -> Schedule:
+        """The same ``(q, kv)`` at every layer and step."""
+        _check_count("num_layers", num_layers)
+        _check_count("num_steps", num_steps)
+        q = _check_ratio("q", q)
+        kv = _check_ratio("kv", kv)
+        return cls(
+            num_layers, num_steps,
+            [[q] * num_layers] * num_steps, [[kv] * num_layers] * num_steps, name=name,
+        )
+
+    @classmethod
+    def from_ranges(
+        cls, num_layers: int, num_steps: int, rules: Sequence[Mapping[str, Any]], *,
+        name: str | None = None, meta: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        """Build from rectangular rules over (layer, step); later rules win.
+
+        Each rule is a mapping with optional keys:
+
+        - ``"layers"``: ``[start, stop)`` (a pair), a single index, or ``None`` (all);
+        - ``"steps"``: likewise over steps;
+        - ``"q"`` / ``"kv"``: the ratio to set there (a component left out is not touched).
+
+        A bound that is an ``int`` is an absolute index (``0 <= i <= count``); a ``float``
+        in ``[0, 1]`` is a relative position, converted to index ``ceil(p * count)``, so
+        ``{"steps": [0.0, 0.2]}`` is the first 20 % of steps at any step count and
+        ``[0.5, 1.0]`` the second half. ``None`` as a bound means the start or end.
+        Note the type matters: ``1`` is index 1, ``1.0`` is the end. Everything not
+        covered by a rule is 0.
+
+        Example: K/V 0.3 in the deeper 2/3 of layers after the first 20 % of steps, Q 0.5
+        in the last third of layers over the last half::
+
+            Schedule.from_ranges(30, 50, [
+                {"layers": [1/3, 1.0], "steps": [0.2, 1.0], "kv": 0.3},
+                {"layers": [2/3, 1.0], "steps": [0.5, 1.0], "q": 0.5},
+            ])
+        """
+        _check_count("num_layers", num_layers)
+        _check_count("num_steps", num_steps)
+        q = [[0.0] * num_layers for _ in range(num_steps)]
+        kv = [[0.0] * num_layers for _ in range(num_steps)]
+        tables = {"q": q, "kv": kv}
+        if isinstance(rules, Mapping) or isinstance(rules, (str, bytes)):
+            raise _fail("rules must be a list of rule mappings")
+        for r, rule in enumerate(rules):
+            if not isinstance(rule, Mapping):
+                raise _fail(f"rules[{r}]={rule!r} is invalid: a mapping is required")
+            unknown = sorted(set(rule) - {"layers", "steps", "q", "kv"})
+            if unknown:
+                raise _fail(
+                    f"rules[{r}] has unknown key(s) {unknown}: use 'layers', 'steps', "
+                    "'q' and 'kv' (components are 'q' and 'kv')"
+                )
+            layers = _range(f"rules[{r}].layers", rule.get("layers"), num_layers)
+            steps = _range(f"rules[{r}].steps", rule.get("steps"), num_steps)
+            for comp in COMPONENTS:
+                if comp in rule:
+                    value = _check_ratio(f"rules[{r}].{comp}", rule[comp])
+                    for s in steps:
+                        for i in layers:
+                            tables[comp][s][i] = value
+        return cls(num_layers, num_steps, q, kv, name=name, meta=meta or {})
+
+    @classmethod
+    def from_tiers(
+        cls,
+        tiers: Sequence[Sequence[float]] | Mapping[str, Sequence[Sequence[float]]],
+        thresholds: Mapping[str, Sequence[Any]],
+        *, name: str | None = None, meta: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        """Build from a redundancy-tier table and per-component threshold rules.
+
+        This is the paper's form: a per-(step, layer) redundancy level, and for each
+        component a list of "tier >= threshold -> ratio" rules.
+
+        ``tiers`` is a table ``[step][layer]`` of numbers (int tiers or float scores),
+        shared by both components, or a mapping ``{"q": table, "kv": table}`` with one
+        table per component (same shape).
+
+        ``thresholds`` maps a component (``"q"``, ``"kv"``; either may be left out, which
+        leaves it at 0) to a list of rules, each a pair ``(min_tier, ratio)`` or a mapping
+        ``{"min_tier": t, "ratio": r}``, or one mapping ``{min_tier: ratio, ...}`` (the
+        reference implementation's YAML form, e.g. ``{"kv": {8: 0.3}}``). A cell gets the ratio of the *largest* ``min_tier``
+        its tier reaches, and 0 if it reaches none. Example (paper-like)::
+
+            Schedule.from_tiers(tiers, {"kv": [(2, 0.3)], "q": [(3, 0.5), (4, 0.8)]})
+
+        gives K/V 0.3 wherever the tier is at least 2, Q 0.5 at tier 3 and 0.8 from 4 up.
+        """
+        if isinstance(tiers, Mapping):
+            unknown = sorted(set(tiers) - set(COMPONENTS))
+            if unknown:
+                raise _fail(f"tiers has unknown component(s) {unknown}: components are 'q' and 'kv'")
+            missing = [c for c in COMPONENTS if c not in tiers]
+            if missing:
+                raise _fail(f"tiers is missing component(s) {missing}: give both 'q' and 'kv' tables")
+            tables = {c: _tier_table(f"tiers[{c!r}]", tiers[c]) for c in COMPONENTS}
+        else:
+            shared = _tier_table("tiers", tiers)
+            tables = {c: shared for c in COMPONENTS}
+        num_steps = len(tables["q"])
+        num_layers = len(tables["q"][0])
+        for c in COMPONENTS:
+            if len(tables[c]) != num_steps or len(tables[c][0]) != num_layers:
+                raise _fail(
+                    f"tiers[{c!r}] has shape {len(tables[c])}x{len(tables[c][0])} but "
+                    f"tiers['q'] has {num_steps}x{num_layers}: both tables need the same shape"
+                )
+        if not isinstance(thresholds, Mapping):
+            raise _fail("thresholds must be a mapping {'q': [...], 'kv': [...]}")
+        unknown = sorted(set(thresholds) - set(COMPONENTS))
+        if unknown:
+            raise _fail(
+                f"thresholds has unknown component(s) {unknown}: components are 'q' and 'kv'"
+            )
+        out: dict[str, list[list[float]]] = {}
+        for c in COMPONENTS:
+            rules = _threshold_rules(c, thresholds.get(c, ()))
+            out[c] = [
+                [_tier_ratio(t, rules) for t in row] for row in tables[c]
+            ]
+        return cls(num_layers, num_steps, out["q"], out["kv"], name=name, meta=meta or {})
+
+    # ---------------------------------------------------------------------- queries
+    def step_index(self, step: int, num_steps: int | None = None) -> int:
+        """The schedule step read at generation ``step`` (see :func:`map_step`)."""
+        return map_step(step, self.num_steps if num_steps is None else num_steps, self.num_steps)
+
+    def ratios_at(self, step: int, num_steps: int | None = None) -> Ratios:
+        """Per layer ``(q, kv)`` at generation ``step`` of a ``num_steps``-step generation.
+
+        ``num_steps`` defaults to the schedule's own step count. Other counts map by
+        relative position: schedule step ``floor(step * self.num_steps / num_steps)``.
+        """
+        s = self.step_index(step, num_steps)
+        return tuple(zip(self.q[s], self.kv[s], strict=True))
+
+    def distinct_phases(self) -> tuple[Ratios, ...]:
+        """The distinct per-step ratio vectors, in order of first use.
+
+        The backend compiles one graph per distinct vector, so this is the set of graphs
+        a generation with this schedule can need.
+        """
+        seen: dict[Ratios, None] = {}
+        for s in range(self.num_steps):
+            seen.setdefault(tuple(zip(self.q[s], self.kv[s], strict=True)), None)
+        return tuple(seen)
+
+    def phase_index(self, step: int, num_steps: int | None = None) -> int:
+        """Index into :meth:`distinct_phases` of the vector used at ``step``."""
+        return self.distinct_phases().index(self.ratios_at(step, num_steps))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every ratio is 0 (nothing is reduced anywhere)."""
+        return all(v == 0.0 for table in (self.q, self.kv) for row in table for v in row)
+
+    def coverage(self) -> dict[str, dict[str, float]]:
+        """Per component: share of (layer, step) cells reduced, mean and max ratio."""
+        out = {}
+        cells = self.num_layers * self.num_steps
+        for c in COMPONENTS:
+            values = [v for row in getattr(self, c) for v in row]
+            nz = [v for v in values if v > 0]
+            out[c] = {
+                "reduced_share": len(nz) / cells,
+                "mean_ratio": sum(values) / cells,
+                "mean_ratio_where_reduced": (sum(nz) / len(nz)) if nz else 0.0,
+                "max_ratio": max(values),
+            }
+        return out
+
+    # ------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``schema_version`` 1)."""
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "num_layers": self.num_layers,
+            "num_steps": self.num_steps,
+            "q": [list(row) for row in self.q],
+            "kv": [list(row) for row in self.kv],
+        }
+        if self.name is not None:
+            d["name"] = self.name
+        if self.meta:
+            d["meta"] = json.loads(json.dumps(dict(self.meta)))
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        """Inverse of :meth:`to_dict`; every problem is a ``ValueError`` naming the entry."""
+        if not isinstance(data, Mapping):
+            raise _fail(f"a schedule must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if "schema_version" not in data:
+            raise _fail(f"missing key 'schema_version' (expected {SCHEMA_VERSION})")
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
+            raise _fail(
+                f"schema_version={version!r} is not supported: this version reads {SCHEMA_VERSION}"
+            )
+        required = ("num_layers", "num_steps", "q", "kv")
+        allowed = {"schema_version", "name", "meta", *required}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise _fail(
+                f"unknown key(s) {unknown} in schedule: components are 'q' and 'kv'; "
+                f"allowed keys are {sorted(allowed)}"
+            )
+        for key in required:
+            if key not in data:
+                raise _fail(f"missing key {key!r} in schedule")
+        return cls(
+            data["num_layers"], data["num_steps"], data["q"], data["kv"],
+            name=data.get("name"), meta=data.get("meta") or {},
+        )
+
+    def to_json(self) -> str:
+        """The schedule as a JSON string (one row per line for readable diffs)."""
+        d = self.to_dict()
+        lines = ["{"]
+        items = list(d.items())
+        for k, (key, value) in enumerate(items):
+            comma = "," if k < len(items) - 1 else ""
+            if key in COMPONENTS:
+                rows = ",\n".join("    " + json.dumps(row) for row in value)
+                lines.append(f'  "{key}": [\n{rows}\n  ]{comma}')
+            else:
+                lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        """Parse a JSON string written by :meth:`to_json` (or any equivalent JSON)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the schedule as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Schedule:
+        """Read a schedule JSON file; any problem is a ``ValueError`` naming the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise _fail(f"cannot read schedule file {os.fspath(path)!r}: {exc.strerror or exc}") from None
+        try:
+            return cls.from_json(text)
+        except ValueError as exc:
+            raise _fail(f"invalid schedule file {os.fspath(path)!r}: {exc}") from None
+
+
+# -------------------------------------------------------------------------- helpers
+def _bound(where: str, value: Bound, count: int, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise _fail(f"{where}={value!r} is invalid: an int index or a float position in [0, 1]")
+    if isinstance(value, int):
+        if not 0 <= value <= count:
+            raise _fail(f"{where}={value} is out of range [0, {count}]")
+        return value
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise _fail(f"{where}={value!r} is out of range: a relative position is in [0, 1]")
+        # Round first so that e.g. 0.3 * 10 = 3.0000000000000004 stays index 3.
+        return min(count, math.ceil(round(value * count, 9)))
+    raise _fail(f"{where}={value!r} is invalid: an int index or a float position in [0, 1]")
+
+
+def _range(where: str, spec: Any, count: int) -> range:
+    if spec is None:
+        return range(count)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        if isinstance(spec, float):
+            raise _fail(f"{where}={spec!r} is invalid: a single bound must be an int index")
+        if not 0 <= spec < count:
+            raise _fail(f"{where}={spec} is out of range [0, {count})")
+        return range(spec, spec + 1)
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        start = _bound(f"{where}[0]", spec[0], count, 0)
+        stop = _bound(f"{where}[1]", spec[1], count, count)
+        if stop < start:
+            raise _fail(f"{where}={list(spec)!r} is empty: start is after stop")
+        return range(start, stop)
+    raise _fail(f"{where}={spec!r} is invalid: give [start, stop), an int index, or None")
+
+
+def _tier_table(where: str, table: Any) -> list[list[float]]:
+    if isinstance(table, (str, bytes)) or not isinstance(table, Iterable):
+        raise _fail(f"{where} must be a table [step][layer] of numbers")
+    rows = [list(r) if isinstance(r, Iterable) and not isinstance(r, (str, bytes)) else None
+            for r in table]
+    if not rows:
+        raise _fail(f"{where} is empty: give at least one step row")
+    for s, row in enumerate(rows):
+        if row is None:
+            raise _fail(f"{where}[{s}] must be a list of numbers (one per layer)")
+        if len(row) != len(rows[0]) or not row:
+            raise _fail(
+                f"{where}[{s}] has {len(row)} entries but {where}[0] has {len(rows[0])}: "
+                "every step row needs one tier per layer"
+            )
+        for i, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+                raise _fail(f"{where}[{s}][{i}]={v!r} is not a number")
+    return rows
+
+
+def _threshold_rules(comp: str, rules: Any) -> list[tuple[float, float]]:
+    if isinstance(rules, Mapping):
+        # The reference's YAML form {min_tier: ratio}; JSON keys arrive as strings.
+        pairs = []
+        for t, r in rules.items():
+            try:
+                t = float(t)
+            except (TypeError, ValueError):
+                raise _fail(f"thresholds[{comp!r}] key {t!r} is not a number (a min_tier)") from None
+            pairs.append((t, r))
+        rules = pairs
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
+        raise _fail(f"thresholds[{comp!r}] must be a list of (min_tier, ratio) rules")
+    out = []
+    for k, rule in enumerate(rules):
+        where = f"thresholds[{comp!r}][{k}]"
+        if isinstance(rule, Mapping):
+            if set(rule) != {"min_tier", "ratio"}:
+                raise _fail(f"{where}={dict(rule)!r} is invalid: use keys 'min_tier' and 'ratio'")
+            t, r = rule["min_tier"], rule["ratio"]
+        elif isinstance(rule, (list, tuple)) and len(rule) == 2:
+            t, r = rule
+        else:
+            raise _fail(f"{where}={rule!r} is invalid: a pair (min_tier, ratio)")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t):
+            raise _fail(f"{where}.min_tier={t!r} is not a number")
+        out.append((float(t), _check_ratio(f"{where}.ratio", r)))
+    # Largest threshold first: the first one a tier reaches is the one that applies.
+    out.sort(key=lambda tr: -tr[0])
+    return out
+
+
+def _tier_ratio(tier: float, rules: list[tuple[float, float]]) -> float:
+    for t, r in rules:
+        if tier >= t:
+            return r
+    return 0.0
+
+
+def resolve_schedule(
+    spec: Schedule | str | os.PathLike, num_layers: int, num_steps: int | None = None
+) -> Schedule:
+    """Turn a schedule spec into a :class:`Schedule` for a model with ``num_layers`` sites.
+
+    ``spec`` is a :class:`Schedule` (its ``num_layers`` must match), a preset name (see
+    :mod:`asymrnr_fx.presets`; built for ``num_steps``, or a default step count when
+    None, and mapped by relative position at run time), or a path to a schedule JSON file.
+    """
+    _check_count("num_layers", num_layers)
+    if isinstance(spec, Schedule):
+        sched, source = spec, f"schedule {spec.name!r}" if spec.name else "the schedule"
+    elif isinstance(spec, (str, os.PathLike)):
+        from . import presets
+
+        text = os.fspath(spec)
+        if isinstance(spec, str) and text in presets.PRESETS:
+            return presets.get_preset(text, num_layers, num_steps)
+        if not os.path.exists(text):
+            raise _fail(
+                f"schedule {text!r} is neither a preset ({', '.join(sorted(presets.PRESETS))}) "
+                "nor an existing JSON file"
+            )
+        sched, source = Schedule.load(text), f"schedule file {text!r}"
+    else:
+        raise _fail(
+            f"schedule={spec!r} is invalid: give a Schedule, a preset name or a JSON path"
+        )
+    if sched.num_layers != num_layers:
+        raise _fail(
+            f"{source} has num_layers={sched.num_layers} but the model has {num_layers} "
+            "attention sites: calibrate or build the schedule for this model"
+        )
+    return sched
