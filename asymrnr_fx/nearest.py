@@ -132,6 +132,41 @@ def _(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
     )
 
 
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library signature
+    src, dst, metric = inputs
+    ctx.metric = metric
+    ctx.save_for_backward(src, dst, output[1])
+
+
+def _backward(ctx, grad_dist: Tensor | None, _grad_idx: Tensor | None):  # noqa: ANN001
+    # The gradient of the selected branch of the min (like torch.min's): only the matched
+    # pair (s_i, d_idx[i]) depends on the inputs. Matching itself needs no gradient; this
+    # keeps graphs that happen to require grad (a model not under no_grad) working.
+    src, dst, idx = ctx.saved_tensors
+    if grad_dist is None:
+        return None, None, None
+    s, d = src.float(), dst.float()
+    gather = idx.unsqueeze(-1).expand(*idx.shape, d.shape[-1])
+    dj = torch.gather(d, -2, gather)
+    go = grad_dist.float().unsqueeze(-1)
+    if ctx.metric == "l2":
+        gs = 2.0 * go * (s - dj)
+        gdj = -gs
+    else:
+        # dist = 1 - u.v with u = s / max(|s|, eps), v = d / max(|d|, eps).
+        ns, nj = s.norm(dim=-1, keepdim=True), dj.norm(dim=-1, keepdim=True)
+        cs, cj = ns.clamp_min(NORM_EPS), nj.clamp_min(NORM_EPS)
+        u, v = s / cs, dj / cj
+        cos = (u * v).sum(-1, keepdim=True)
+        gs = -go * (v - (ns > NORM_EPS) * cos * u) / cs
+        gdj = -go * (u - (nj > NORM_EPS) * cos * v) / cj
+    gd = torch.zeros_like(d).scatter_add_(-2, gather, gdj)
+    return gs.to(src.dtype), gd.to(dst.dtype), None
+
+
+_nearest_dst_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def nearest_dst(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
     """For each src row, the distance to and the index of its nearest dst row.
 
@@ -142,6 +177,6 @@ def nearest_dst(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, T
 
     Returns:
         ``(dist, idx)``: float32 ``(..., Ns)`` and int64 ``(..., Ns)``; ties go to the lowest
-        dst index. Not differentiable (matching picks indices; nothing flows back through it).
+        dst index. ``dist`` carries the gradient of the selected pair (like ``torch.min``).
     """
     return torch.ops.asymrnr.nearest_dst(src, dst, metric)

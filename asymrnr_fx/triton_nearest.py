@@ -149,7 +149,10 @@ def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Te
     dist = torch.empty(g, ns, dtype=torch.float32, device=src.device)
     idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
     if g > 0 and ns > 0:
-        ieee = dtype == torch.float32
+        # fp32 never runs as TF32. The interpreter mis-executes tl.dot on bf16 (it multiplies
+        # the raw bits), so there bf16 takes the fp32 path; bf16 products are exact in fp32,
+        # so the result is the same.
+        ieee = dtype == torch.float32 or (interpreting() and dtype == torch.bfloat16)
         block_d = max(16, triton.next_power_of_2(d))
         block_m, block_n, warps, stages = _blocks(block_d, ieee)
         grid = (triton.cdiv(ns, block_m), g)
