@@ -74,9 +74,9 @@ def nearest_dst_chunked(
     """
     _check(src, dst, metric)
     lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
-    s3 = src.reshape(-1, ns, d)
-    d3 = dst.reshape(-1, nd, d)
-    g = s3.shape[0]
+    g = lead.numel()  # not reshape(-1, ...): that is ambiguous for empty tensors
+    s3 = src.reshape(g, ns, d)
+    d3 = dst.reshape(g, nd, d)
     dist = torch.empty(g, ns, dtype=torch.float32, device=src.device)
     idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
     if g == 0 or ns == 0:

@@ -140,12 +140,12 @@ def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Te
     if not supports(src):
         raise ValueError(f"the Triton kernel needs head dim 1..{MAX_DIM}; got {src.shape[-1]}")
     lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
+    g = lead.numel()  # not reshape(-1, ...): that is ambiguous for empty tensors
     dtype = torch.promote_types(src.dtype, dst.dtype)
     if dtype not in _NATIVE:
         dtype = torch.float32
-    s3 = src.to(dtype).reshape(-1, ns, d)
-    d3 = dst.to(dtype).reshape(-1, nd, d)
-    g = s3.shape[0]
+    s3 = src.to(dtype).reshape(g, ns, d)
+    d3 = dst.to(dtype).reshape(g, nd, d)
     dist = torch.empty(g, ns, dtype=torch.float32, device=src.device)
     idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
     if g > 0 and ns > 0:
