@@ -6,8 +6,9 @@ size that compiles in seconds, plus matching example inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

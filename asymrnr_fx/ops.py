@@ -1,0 +1,275 @@
+"""The tensor ops of AsymRnR: partition, match, reduce, attend, restore.
+
+Everything here is plain PyTorch with static shapes, so a rewritten graph that calls these
+functions traces through AOTAutograd and Inductor like any other code. Index conventions:
+
+* ``keep``    (B, H, K) int64: which video tokens survive, per head (dst tokens first).
+* ``restore`` (B, H, N) int64: for every video token, the row of the reduced sequence that
+  represents it (its own row if kept, its matched dst's row if removed).
+
+Reduction is a gather with ``keep`` (``drop`` merge) or a scatter-add mean over ``restore``
+(``mean`` merge); restoration is a gather with ``restore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Partition",
+    "partition",
+    "kept_count",
+    "match",
+    "static_match",
+    "reduce_tokens",
+    "reduced_sdpa",
+]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """dst/src split of the video tokens of a (T, H, W) grid, flattened row-major.
+
+    ``src_home[i]`` is the position in ``dst_idx`` of the dst of src ``i``'s own chunk (the
+    spatially nearest dst): the representative used when no similarity is computed.
+    """
+
+    dst_idx: torch.Tensor
+    src_idx: torch.Tensor
+    src_home: torch.Tensor
+    src_rank_in_chunk: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.dst_idx.numel() + self.src_idx.numel()
+
+
+def partition(
+    grid: tuple[int, int, int],
+    stride: tuple[int, int, int],
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> Partition:
+    """Cut ``grid`` into chunks of ``stride``; draw one dst per chunk from a seeded generator.
+
+    Tokens of incomplete chunks at the grid's edges are src. A stride larger than the grid
+    along an axis is clamped to the grid (so there is always at least one dst).
+    """
+    t, h, w = grid
+    st, sh, sw = (min(s, g) for s, g in zip(stride, grid, strict=False))
+    nt, nh, nw = t // st, h // sh, w // sw
+    chunk_volume = st * sh * sw
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(chunk_volume, (nt * nh * nw,), generator=generator)
+
+    # Every token's chunk coordinates (clamped for remainders) and offset inside the chunk.
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    ct, ch, cw = (tt // st).clamp(max=nt - 1), (hh // sh).clamp(max=nh - 1), (ww // sw).clamp(max=nw - 1)
+    chunk = ((ct * nh + ch) * nw + cw).flatten()
+    inside = ((tt - ct * st) < st) & ((hh - ch * sh) < sh) & ((ww - cw * sw) < sw)
+    offset = (((tt - ct * st) * sh + (hh - ch * sh)) * sw + (ww - cw * sw)).flatten()
+    is_dst = inside.flatten() & (offset == offsets[chunk])
+
+    token = torch.arange(t * h * w)
+    dst_idx = token[is_dst]
+    # dst_idx is ascending in token order and chunk ids of dst tokens are distinct, so the
+    # dst of chunk c sits at position rank_of_chunk[c] in dst_idx.
+    rank_of_chunk = torch.empty(nt * nh * nw, dtype=torch.long)
+    rank_of_chunk[chunk[is_dst]] = torch.arange(dst_idx.numel())
+    src_idx = token[~is_dst]
+    src_home = rank_of_chunk[chunk[~is_dst]]
+    # Position of each src among its chunk's src tokens: the "strided" cut removes the first
+    # src of every chunk, then the second, ... so the cut is spread evenly over the video.
+    order = torch.argsort(src_home, stable=True)
+    counts = torch.bincount(src_home, minlength=dst_idx.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    rank_sorted = torch.arange(src_idx.numel()) - starts[src_home[order]]
+    src_rank_in_chunk = torch.empty_like(rank_sorted)
+    src_rank_in_chunk[order] = rank_sorted
+    return Partition(*(x.to(device) for x in (dst_idx, src_idx, src_home, src_rank_in_chunk)))
+
+
+def kept_count(num_tokens: int, ratio: float, num_dst: int) -> int:
+    """Tokens kept at ``ratio``: ``int(N * (1 - r))``, never fewer than the dst tokens."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio={ratio!r} is out of range [0, 1)")
+    return min(num_tokens, max(int(num_tokens * (1.0 - ratio)), num_dst))
+
+
+def _indices_from_order(
+    order: torch.Tensor,
+    nearest: torch.Tensor,
+    part: Partition,
+    num_keep: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """keep/restore from src tokens sorted most-redundant first and their nearest dst."""
+    lead = order.shape[:-1]
+    num_dst, num_src = part.dst_idx.numel(), part.src_idx.numel()
+    num_remove = part.num_tokens - num_keep
+    retained = order[..., num_remove:]
+    keep = torch.cat([part.dst_idx.expand(*lead, num_dst), part.src_idx[retained]], dim=-1)
+    ranks = torch.arange(num_src, device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter(-1, order, ranks)
+    src_row = torch.where(rank < num_remove, nearest, rank - num_remove + num_dst)
+    rows = torch.cat([torch.arange(num_dst, device=order.device).expand(*lead, num_dst), src_row], -1)
+    # rows is laid out as [dst tokens..., src tokens...]; put it back in token order.
+    token_of_row = torch.cat([part.dst_idx, part.src_idx])
+    restore = torch.empty_like(rows).scatter(-1, token_of_row.expand_as(rows), rows)
+    return keep, restore
+
+
+def match(
+    x: torch.Tensor,
+    part: Partition,
+    num_keep: int,
+    metric: str = "l2",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity matching of AsymRnR on ``x`` (B, H, N, D), per batch item and head.
+
+    Every src finds its nearest dst; the ``N - num_keep`` src tokens closest to their dst are
+    removed (ties: lower src position first). Returns ``(keep, restore)``.
+    """
+    from .nearest import nearest_dst
+
+    dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric)
+    order = torch.argsort(dist, dim=-1, stable=True)
+    return _indices_from_order(order, nearest, part, num_keep)
+
+
+def static_match(part: Partition, num_keep: int, mode: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-independent ``(keep, restore)`` of shape (K,) and (N,): the ablations and the bound.
+
+    ``strided`` removes src tokens evenly across chunks; ``random`` removes a seeded random
+    subset. Removed tokens are represented by their own chunk's dst.
+    """
+    num_src = part.src_idx.numel()
+    if mode == "strided":
+        key = part.src_rank_in_chunk.double() * (num_src + 1) + part.src_home.double()
+        order = torch.argsort(key.to(part.src_idx.device), stable=True)
+    elif mode == "random":
+        generator = torch.Generator().manual_seed(seed + 1)
+        order = torch.randperm(num_src, generator=generator).to(part.src_idx.device)
+    else:
+        raise ValueError(f"match_mode={mode!r} has no static form; use 'strided' or 'random'")
+    return _indices_from_order(order, part.src_home, part, num_keep)
+
+
+def reduce_tokens(x: torch.Tensor, keep: torch.Tensor, restore: torch.Tensor, merge: str) -> torch.Tensor:
+    """Reduce video tokens ``x`` (B, H, N, D) to (B, H, K, D).
+
+    ``drop``: the kept tokens as they are. ``mean``: each kept row is the mean of all tokens it
+    represents (scatter-add plus counts in fp32; Inductor has no fused scatter-mean).
+    """
+    keep = keep.expand(*x.shape[:2], keep.shape[-1])
+    if merge == "drop":
+        return x.gather(2, keep.unsqueeze(-1).expand(*keep.shape, x.shape[-1]))
+    restore = restore.expand(*x.shape[:3])
+    rows = restore.unsqueeze(-1).expand(*restore.shape, x.shape[-1])
+    sums = x.new_zeros(*x.shape[:2], keep.shape[-1], x.shape[-1], dtype=torch.float32)
+    sums = sums.scatter_add(2, rows, x.float())
+    counts = x.new_zeros(*x.shape[:2], keep.shape[-1], dtype=torch.float32)
+    counts = counts.scatter_add(2, restore, torch.ones_like(restore, dtype=torch.float32))
+    return (sums / counts.unsqueeze(-1)).to(x.dtype)
+
+
+def _cut_sequence(
+    x: torch.Tensor, dim: int, video_start: int, video_len: int, video: torch.Tensor
+) -> torch.Tensor:
+    """Replace the video segment of ``x`` along ``dim`` by ``video`` (text kept as it is)."""
+    before = x.narrow(dim, 0, video_start)
+    after = x.narrow(dim, video_start + video_len, x.shape[dim] - video_start - video_len)
+    return torch.cat([before, video, after], dim=dim)
+
+
+def _mask_index(keep: torch.Tensor, video_start: int, video_len: int, seq_len: int) -> torch.Tensor:
+    """Positions in the full sequence that survive: text as is, video by ``keep``."""
+    lead = keep.shape[:-1]
+    device = keep.device
+    before = torch.arange(video_start, device=device).expand(*lead, video_start)
+    after_len = seq_len - video_start - video_len
+    after = torch.arange(video_start + video_len, seq_len, device=device).expand(*lead, after_len)
+    return torch.cat([before, keep + video_start, after], dim=-1)
+
+
+def _reduce_mask(mask: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Gather mask rows (dim=-2) or columns (dim=-1) with per-(batch, head) ``index``."""
+    if mask.shape[dim] == 1:  # broadcast along that axis: nothing to cut
+        return mask
+    b, h = index.shape[:2]
+    mask = mask.expand(b, h, *mask.shape[2:])
+    if dim == -1:
+        return mask.gather(-1, index.unsqueeze(-2).expand(b, h, mask.shape[-2], index.shape[-1]))
+    return mask.gather(-2, index.unsqueeze(-1).expand(b, h, index.shape[-1], mask.shape[-1]))
+
+
+def reduced_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    *,
+    video_start: int,
+    video_len: int,
+    q_keep: torch.Tensor | None = None,
+    q_restore: torch.Tensor | None = None,
+    kv_keep: torch.Tensor | None = None,
+    kv_restore: torch.Tensor | None = None,
+    merge: str = "drop",
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on reduced video tokens, restored to full length.
+
+    Tensors are (B, H, S, D) with the video tokens at ``[video_start, video_start + video_len)``
+    and text around them. Text tokens are never reduced; the mask follows the kept tokens.
+    """
+    seq_q, seq_k = query.shape[-2], key.shape[-2]
+    end = video_start + video_len
+    if kv_keep is not None:
+        kv_keep = kv_keep.expand(*key.shape[:2], kv_keep.shape[-1])
+        key = _cut_sequence(key, 2, video_start, video_len,
+                            reduce_tokens(key[:, :, video_start:end], kv_keep, kv_restore, merge))
+        value = _cut_sequence(value, 2, video_start, video_len,
+                              reduce_tokens(value[:, :, video_start:end], kv_keep, kv_restore, merge))
+    if q_keep is not None:
+        q_keep = q_keep.expand(*query.shape[:2], q_keep.shape[-1])
+        query = _cut_sequence(query, 2, video_start, video_len,
+                              reduce_tokens(query[:, :, video_start:end], q_keep, q_restore, merge))
+    if attn_mask is not None:
+        while attn_mask.dim() < 4:
+            attn_mask = attn_mask.unsqueeze(0)
+        if kv_keep is not None:
+            attn_mask = _reduce_mask(attn_mask, -1, _mask_index(kv_keep, video_start, video_len, seq_k))
+        if q_keep is not None:
+            attn_mask = _reduce_mask(attn_mask, -2, _mask_index(q_keep, video_start, video_len, seq_q))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    if q_keep is None:
+        return out
+    num_q = q_keep.shape[-1]
+    rows = q_restore.expand(*out.shape[:2], video_len)
+    video = out[:, :, video_start:video_start + num_q].gather(
+        2, rows.unsqueeze(-1).expand(*rows.shape, out.shape[-1])
+    )
+    return _cut_sequence(out, 2, video_start, num_q, video)
+
+
+# ---- entry points called by rewritten graphs (one call node each) ------------------------
+
+
+def match_video_tokens(
+    x: torch.Tensor,
+    dst_idx: torch.Tensor,
+    src_idx: torch.Tensor,
+    *,
+    video_start: int,
+    video_len: int,
+    num_keep: int,
+    metric: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``match`` on the video segment of the attention input ``x`` (B, H, S, D)."""
+    part = Partition(dst_idx, src_idx, dst_idx.new_empty(0), dst_idx.new_empty(0))
+    video = x[:, :, video_start:video_start + video_len]
+    return match(video, part, num_keep, metric)

@@ -1,0 +1,143 @@
+"""Infer the video token grid and the text/video layout of a sequence from graph metadata.
+
+The grid comes from the patch-embedding convolution (its output's spatial shape, times the
+frame count for per-frame 2-D patching). The text segment comes from the concatenation that
+joins text and video tokens before attention. Neither is guessed: when the graph does not
+show them, the caller falls back (1-D partition) or leaves the site alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+__all__ = ["SequenceLayout", "infer_grid", "infer_layout"]
+
+_CONV3D = {F.conv3d, torch.conv3d, torch.ops.aten.convolution.default}
+_CONV2D = {F.conv2d, torch.conv2d}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where the video tokens sit in an attention sequence, and their grid."""
+
+    video_start: int
+    video_len: int
+    grid: tuple[int, int, int]
+    text_len: int
+    grid_inferred: bool  # False: 1-D fallback partition over the video tokens
+
+    @property
+    def text_side(self) -> str | None:
+        if self.text_len == 0:
+            return None
+        return "before" if self.video_start > 0 else "after"
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    value = node.meta.get("example_value", node.meta.get("val"))
+    if isinstance(value, torch.Tensor) and all(isinstance(d, int) for d in value.shape):
+        return tuple(value.shape)
+    return None
+
+
+def _frames_of_2d_patching(graph: fx.Graph, conv_in: tuple[int, ...]) -> int | None:
+    """Frame count when frames were folded into the batch for a per-frame 2-D conv."""
+    folded, channels, height, width = conv_in
+    for node in graph.nodes:
+        shape = _shape(node) if node.op == "placeholder" else None
+        if shape is None or len(shape) != 5 or shape[-2:] != (height, width):
+            continue
+        batch = shape[0]
+        for frames, other in ((shape[1], shape[2]), (shape[2], shape[1])):
+            if batch * frames == folded and other == channels:
+                return frames
+    return None
+
+
+def infer_grid(graph: fx.Graph) -> tuple[int, int, int] | None:
+    """The (T, H, W) token grid from the first patch-embedding convolution, if any."""
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        out = _shape(node)
+        if node.target in _CONV3D and out is not None and len(out) == 5:
+            return out[2], out[3], out[4]
+        if node.target in _CONV2D and out is not None and len(out) == 4:
+            conv_in = _shape(node.args[0])
+            if conv_in is None or len(conv_in) != 4:
+                continue
+            frames = _frames_of_2d_patching(graph, conv_in)
+            if frames is not None:
+                return frames, out[2], out[3]
+    return None
+
+
+def _sequence_pieces(query: fx.Node, seq_len: int, max_depth: int = 40) -> list[int] | None:
+    """Lengths of the pieces of the concatenation that built the attention sequence."""
+    seen = {query}
+    queue: deque[tuple[fx.Node, int]] = deque([(query, 0)])
+    while queue:
+        node, depth = queue.popleft()
+        if node.op == "call_function" and node.target in _CAT:
+            pieces = node.args[0] if node.args else node.kwargs.get("tensors")
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            out = _shape(node)
+            shapes = [_shape(p) for p in pieces] if isinstance(pieces, (list, tuple)) else [None]
+            if out is not None and None not in shapes and len(shapes) > 1 and isinstance(dim, int):
+                if out[dim] == seq_len:
+                    return [s[dim] for s in shapes]
+        if depth >= max_depth:
+            continue
+        for parent in node.all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                queue.append((parent, depth + 1))
+    return None
+
+
+def infer_layout(
+    query: fx.Node,
+    seq_len: int,
+    grid: tuple[int, int, int] | None,
+    text_tokens: int | None = None,
+    text_side: str | None = None,
+) -> SequenceLayout | str:
+    """The layout of an attention sequence of ``seq_len`` tokens, or the reason there is none."""
+    if grid is not None:
+        video_len = math.prod(grid)
+        if seq_len < video_len:
+            return f"sequence of {seq_len} tokens is shorter than the {video_len} video tokens (not video attention)"
+    elif text_tokens is not None:
+        video_len = seq_len - text_tokens
+    else:
+        pieces = _sequence_pieces(query, seq_len)
+        video_len = max(pieces) if pieces and len(pieces) == 2 else seq_len
+    text_len = seq_len - video_len
+    if text_tokens is not None and text_tokens != text_len:
+        return f"text_tokens={text_tokens} does not match the sequence ({seq_len} - {video_len} video tokens)"
+    if video_len <= 0:
+        return "no video tokens in the sequence"
+    one_d = grid is None
+    token_grid = grid if grid is not None else (video_len, 1, 1)
+    if text_len == 0:
+        return SequenceLayout(0, video_len, token_grid, 0, not one_d)
+    side = text_side
+    if side is None:
+        pieces = _sequence_pieces(query, seq_len)
+        if pieces == [text_len, video_len]:
+            side = "before"
+        elif pieces == [video_len, text_len]:
+            side = "after"
+        else:
+            return f"cannot tell where the {text_len} text tokens are (set text_side)"
+    start = text_len if side == "before" else 0
+    return SequenceLayout(start, video_len, token_grid, text_len, not one_d)

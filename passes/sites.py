@@ -1,0 +1,162 @@
+"""Find the ``scaled_dot_product_attention`` calls of a Dynamo graph and classify them.
+
+A site is rewritten only when the graph proves it is video self-attention: query, key and
+value are 4-D with static shapes, query and key have the same length, both are projections of
+the same inputs, and the video tokens form one contiguous segment (text, if any, before or
+after it). Everything else is left alone with a reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .grid import SequenceLayout, infer_grid, infer_layout
+
+__all__ = ["AttentionSite", "SDPA_TARGETS", "find_sdpa_nodes", "sdpa_arguments", "classify_sites"]
+
+logger = logging.getLogger("asymrnr_fx")
+
+SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
+
+
+def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):  # noqa: ANN001, ANN202 - signature only
+    pass
+
+
+_SIGNATURE = inspect.signature(_sdpa_signature)
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention call of the graph and what the pass decided about it."""
+
+    node_name: str
+    rewritable: bool
+    reason: str
+    layout: SequenceLayout | None = None
+    batch: int = 0
+    heads: int = 0
+    head_dim: int = 0
+
+
+def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """All attention call nodes, in graph order."""
+    return [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA_TARGETS]
+
+
+def sdpa_arguments(node: fx.Node) -> dict[str, object]:
+    """The node's arguments by name, positional or keyword, defaults filled in."""
+    bound = _SIGNATURE.bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _value(arg: object) -> object:
+    return arg.meta.get("example_value", arg.meta.get("val")) if isinstance(arg, fx.Node) else arg
+
+
+def _static_shape(arg: object) -> tuple[int, ...] | None:
+    value = _value(arg)
+    if not isinstance(value, torch.Tensor):
+        return None
+    if not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(value.shape)
+
+
+_LINEAR_TARGETS = {F.linear, torch._C._nn.linear, torch.ops.aten.linear.default, torch.matmul}
+
+
+def _is_linear(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _LINEAR_TARGETS
+    if node.op == "call_module" and node.graph.owning_module is not None:
+        return isinstance(node.graph.owning_module.get_submodule(node.target), torch.nn.Linear)
+    return False
+
+
+def _projection_sources(node: fx.Node, max_depth: int = 30) -> set[fx.Node]:
+    """The inputs of the linear projections that ``node`` is computed from.
+
+    A backward walk that stops at linear layers: query and key of self-attention are
+    projections of the same tokens; cross-attention projects different ones.
+    """
+    sources: set[fx.Node] = set()
+    seen: set[fx.Node] = {node}
+    queue: deque[tuple[fx.Node, int]] = deque([(node, 0)])
+    while queue:
+        current, depth = queue.popleft()
+        if current is not node and _is_linear(current):
+            sources.add(current.args[0])
+            continue
+        if depth >= max_depth:
+            continue
+        for parent in current.all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                queue.append((parent, depth + 1))
+    return sources
+
+
+def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSite:  # noqa: ANN001
+    name = node.name
+    shapes = [_static_shape(args[k]) for k in ("query", "key", "value")]
+    if any(s is None for s in shapes):
+        return AttentionSite(name, False, "query/key/value have no static shape metadata")
+    q_shape, k_shape, v_shape = shapes
+    if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
+        return AttentionSite(name, False, f"not 4-D (B, H, S, D) tensors: {q_shape}")
+    if args["is_causal"] is not False:
+        return AttentionSite(name, False, "causal attention")
+    if args["enable_gqa"] is not False or q_shape[1] != k_shape[1]:
+        return AttentionSite(name, False, "grouped-query attention (head counts differ)")
+    if not isinstance(args["dropout_p"], (int, float)) or args["dropout_p"] != 0.0:
+        return AttentionSite(name, False, "attention dropout (training)")
+    if not (args["scale"] is None or isinstance(args["scale"], (int, float))):
+        return AttentionSite(name, False, "scale is not a constant")
+    if q_shape[2] != k_shape[2] or k_shape[2] != v_shape[2]:
+        return AttentionSite(name, False, f"cross-attention (query length {q_shape[2]}, key length {k_shape[2]})")
+    if q_shape[0] != k_shape[0]:
+        return AttentionSite(name, False, "batch sizes of query and key differ")
+    mask = args["attn_mask"]
+    if mask is not None:
+        m_shape = _static_shape(mask)
+        if m_shape is None or len(m_shape) > 4:
+            return AttentionSite(name, False, "attention mask without a static shape")
+    q_sources = _projection_sources(args["query"])
+    k_sources = _projection_sources(args["key"])
+    if not q_sources or q_sources != k_sources:
+        return AttentionSite(name, False, "cross-attention (query and key are not projections of the same tokens)")
+    layout = layout_for(node, args["query"], q_shape[2])
+    if isinstance(layout, str):
+        return AttentionSite(name, False, layout)
+    return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1], q_shape[3])
+
+
+def classify_sites(
+    graph: fx.Graph,
+    grid: tuple[int, int, int] | None = None,
+    text_tokens: int | None = None,
+    text_side: str | None = None,
+) -> list[AttentionSite]:
+    """Classify every attention site of ``graph``; explicit grid/text settings win over inference."""
+    inferred_grid = grid if grid is not None else infer_grid(graph)
+
+    def layout_for(node: fx.Node, query: fx.Node, seq_len: int) -> SequenceLayout | str:
+        return infer_layout(query, seq_len, inferred_grid, text_tokens, text_side)
+
+    sites = []
+    for node in find_sdpa_nodes(graph):
+        try:
+            sites.append(_classify(node, sdpa_arguments(node), layout_for))
+        except Exception as error:  # a site the pass does not understand is left alone
+            sites.append(AttentionSite(node.name, False, f"not understood ({type(error).__name__}: {error})"))
+    return sites
