@@ -1,0 +1,481 @@
+"""The ``asymrnr`` command: ``demo``, ``generate``, ``calibrate`` and ``show``.
+
+Expected problems (a missing model, an unreadable schedule, a bad option value) end with
+one line on stderr and exit code 2 (bad usage) or 1 (runtime failure), never a traceback;
+set ``ASYMRNR_DEBUG=1`` to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "asymrnr"
+SMALL_NAMES = ("small", "shapes-cogvideox")
+TINY_PREFIX = "tiny:"
+
+# Where the text segment sits in each family's joint self-attention (None: no text there).
+_TEXT_SIDE = {
+    "CogVideoXTransformer3DModel": "before",
+    "HunyuanVideoTransformer3DModel": "after",
+    "MochiTransformer3DModel": "after",
+    "WanTransformer3DModel": None,
+    "LTXVideoTransformer3DModel": None,
+}
+_TINY_TEXT_SIDE = {"cogvideox": "before", "hunyuanvideo": "after", "mochi": "after",
+                   "wan": None, "ltxvideo": None}
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit ``code`` (2 usage, 1 runtime)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message} (see '{self.prog} -h')", code=2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ------------------------------------------------------------------------------ show
+def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
+    from .presets import PRESETS, get_preset
+    from .schedule import Schedule
+
+    if spec in PRESETS:
+        if layers is None:
+            raise CLIError(f"preset {spec!r} needs --layers (the model's attention site count)", 2)
+        return get_preset(spec, layers, steps)
+    if not os.path.exists(spec):
+        raise CLIError(
+            f"schedule {spec!r} is neither an existing file nor a preset "
+            f"({', '.join(PRESETS)})", 2)
+    return Schedule.load(spec)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .viz import format_schedule, heatmap
+
+    schedule = _load_schedule_arg(args.schedule, args.layers, args.steps)
+    print(format_schedule(schedule, max_columns=args.max_columns))
+    png = args.png
+    if png is None and not args.no_png and os.path.exists(args.schedule):
+        png = str(Path(args.schedule).with_suffix(".png"))
+    if png and not args.no_png:
+        heatmap(schedule, png)
+        print(f"\nwrote heat map {png}")
+    return 0
+
+
+# ---------------------------------------------------------------------- model lookup
+def _resolve_pretrained(model: str, allow_download: bool) -> str:
+    """A local folder for ``model`` (a path or a Hub id), without touching the network."""
+    if os.path.isdir(model):
+        return model
+    if os.path.exists(model) or model.startswith((".", "/", "~")):
+        raise CLIError(f"model path {model!r} is not a folder with a diffusers pipeline")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except HFValidationError:
+        raise CLIError(
+            f"model {model!r} is neither a local folder nor a Hugging Face model id "
+            f"(like 'THUDM/CogVideoX-2b'); use '{SMALL_NAMES[0]}' for the shipped small model") from None
+    except LocalEntryNotFoundError:
+        if allow_download:
+            try:
+                return snapshot_download(model)
+            except Exception as exc:  # any network or auth failure: one line, no retries
+                raise CLIError(f"downloading model {model!r} failed: {_one_line(exc)}") from None
+        raise CLIError(
+            f"model {model!r} is not available locally: on a connected machine run "
+            f"'hf download {model}' (older huggingface_hub: 'huggingface-cli download {model}') "
+            "and copy the Hugging Face cache here, or pass --model PATH to a local copy, or add "
+            "--download to fetch it now") from None
+
+
+def _load_pipeline(model: str, allow_download: bool, device: str, dtype):
+    # Resolve first: a missing model fails before the (slow) pipeline imports.
+    folder = _resolve_pretrained(model, allow_download)
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot load a diffusers pipeline from {model!r}: {_one_line(exc)}") from None
+    return pipe.to(device)
+
+
+def _device_dtype(cpu: bool):
+    import torch
+
+    if not cpu and torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+def _latent_grid(pipe, height: int, width: int, frames: int) -> tuple[int, int, int]:
+    """Video token grid (T, H, W) of a diffusers video pipeline at this output size."""
+    def factor(names: tuple[str, ...], default: int) -> int:
+        return next((int(getattr(pipe, n)) for n in names if getattr(pipe, n, None)), default)
+
+    # The pipelines name their VAE compression factors differently.
+    spatial = factor(("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
+                      "vae_spatial_scale_factor"), 8)
+    temporal = factor(("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
+                       "vae_temporal_scale_factor"), 4)
+    cfg = pipe.transformer.config
+    p, pt = cfg.get("patch_size", 1), cfg.get("patch_size_t", None) or 1
+    if isinstance(p, (tuple, list)):  # Wan: (t, h, w)
+        pt, p = p[0], p[1]
+    t = ((frames - 1) // temporal + 1) // pt
+    return t, height // spatial // p, width // spatial // p
+
+
+# -------------------------------------------------------------------------- generate
+def _schedule_config(spec: str | None, steps: int):
+    """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded)."""
+    from .config import AsymRnRConfig
+    from .presets import PRESETS
+    from .schedule import Schedule
+
+    if spec is None:
+        return AsymRnRConfig(num_steps=steps)
+    if spec in PRESETS:
+        return AsymRnRConfig(schedule=spec, num_steps=steps)
+    if not os.path.exists(spec):
+        raise CLIError(
+            f"--schedule {spec!r} is neither a preset ({', '.join(PRESETS)}), 'off', nor an "
+            "existing JSON file", 2)
+    return AsymRnRConfig(schedule=Schedule.load(spec), num_steps=steps)
+
+
+def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
+    """Write PIL images / HWC arrays as MP4 (imageio) or GIF (pillow)."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = [np.asarray(f) for f in frames]
+    if arrays and arrays[0].dtype != np.uint8:  # float frames in [0, 1]
+        arrays = [(np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in arrays]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() != ".gif":
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimsave(out, arrays, fps=fps)
+            return out
+        except (ImportError, ValueError, RuntimeError) as exc:
+            gif = out.with_suffix(".gif")
+            print(f"note: cannot write {out.suffix} ({_one_line(exc)}); writing {gif} instead "
+                  "(pip install imageio imageio-ffmpeg for MP4)", file=sys.stderr)
+            out = gif
+    images = [Image.fromarray(a) for a in arrays]
+    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return out
+
+
+def _generate_small(args: argparse.Namespace, config) -> int:
+    import torch
+
+    import asymrnr_fx
+
+    from . import sampling
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = sampling.load_small_model(args.weights)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot load the small model: {_one_line(exc)}") from None
+    geometry = sampling.clip_geometry(model)
+    if any(v is not None for v in (args.height, args.width, args.frames)):
+        raise CLIError("the small model has a fixed clip size: drop --height/--width/--frames", 2)
+    prompt = args.prompt or "red circle right stripes still"
+    runner = model if config is None else torch.compile(model, backend=asymrnr_fx.backend(config))
+    asymrnr_fx.reset()
+    start = time.perf_counter()
+    clip = sampling.generate(runner, [prompt], [args.seed], steps=args.steps, geometry=geometry,
+                             progress=True)[0]
+    seconds = time.perf_counter() - start
+    out = Path(args.out or "asymrnr_video.gif")
+    frames = sampling.to_uint8(clip).repeat(4, axis=1).repeat(4, axis=2)
+    out = _write_frames(list(frames), out, fps=args.fps)
+    what = "baseline (eager)" if config is None else "asymrnr"
+    print(f"{what}: {args.steps} steps in {seconds:.2f} s (first run includes compilation); "
+          f"wrote {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise CLIError(f"--steps {args.steps} is invalid: a positive int", 2)
+    config = None if args.schedule == "off" else _schedule_config(args.schedule, args.steps)
+    if args.model in SMALL_NAMES:
+        return _generate_small(args, config)
+    if not args.prompt:
+        raise CLIError("--prompt is required for a diffusers pipeline", 2)
+
+    import torch
+
+    import asymrnr_fx
+
+    device, dtype = _device_dtype(args.cpu)
+    start = time.perf_counter()
+    pipe = _load_pipeline(args.model, args.download, device, dtype)
+    loaded = time.perf_counter() - start
+    if config is not None:
+        pipe.transformer = torch.compile(pipe.transformer, backend=asymrnr_fx.backend(config))
+    kwargs: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps,
+                              "generator": torch.Generator(device).manual_seed(args.seed)}
+    for key, name in (("height", "height"), ("width", "width"), ("frames", "num_frames"),
+                      ("guidance", "guidance_scale")):
+        if getattr(args, key) is not None:
+            kwargs[name] = getattr(args, key)
+    asymrnr_fx.reset()
+    start = time.perf_counter()
+    result = pipe(**kwargs)
+    seconds = time.perf_counter() - start
+    frames = result.frames[0]
+    out = _write_frames(frames, Path(args.out or "asymrnr_video.mp4"), fps=args.fps)
+    what = "baseline" if config is None else "asymrnr"
+    print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
+          f"{seconds:.1f} s (first run includes compilation); wrote {out}")
+    if config is not None:
+        print(f"dispatcher stats: {dict(asymrnr_fx.DISPATCHER.stats)}")
+    return 0
+
+
+# ------------------------------------------------------------------------- calibrate
+def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Model, sampling callable and token layout for ``asymrnr calibrate``."""
+    import torch
+
+    if args.model.startswith(TINY_PREFIX):
+        from .calibrate import simple_sampler
+        from .tiny_models import TINY_MODELS, build_tiny
+
+        name = args.model[len(TINY_PREFIX):]
+        if name not in TINY_MODELS:
+            raise CLIError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}", 2)
+        tiny = build_tiny(name, batch=1, seed=args.seed)
+        return {"model": tiny.model, "sample": simple_sampler(tiny.model, tiny.inputs, args.steps),
+                "grid": tiny.grid, "text_side": _TINY_TEXT_SIDE[name], "name": f"tiny-{name}"}
+    if args.model in SMALL_NAMES:
+        from . import sampling
+        from .data import TEXT_TOKENS
+        from .demo import DEFAULT_PROMPTS
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            model = sampling.load_small_model(args.weights)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot load the small model: {_one_line(exc)}") from None
+        geometry = sampling.clip_geometry(model)
+        cfg = model.config
+        grid = (geometry[0], cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+        prompts = args.prompt or list(DEFAULT_PROMPTS)
+        seeds = [args.seed + i for i in range(len(prompts))]
+
+        def sample(set_step: Callable[[int], None]) -> None:
+            sampling.generate(model, prompts, seeds, steps=args.steps, geometry=geometry,
+                              progress=True, desc="calibration run")
+
+        return {"model": model, "sample": sample, "grid": grid, "text_side": "before",
+                "text_tokens": TEXT_TOKENS, "name": "shapes-cogvideox"}
+    if not args.prompt:
+        raise CLIError("--prompt is required to calibrate a diffusers pipeline", 2)
+    if None in (args.height, args.width, args.frames):
+        raise CLIError("--height, --width and --frames are required for a diffusers pipeline", 2)
+    device, dtype = _device_dtype(args.cpu)
+    pipe = _load_pipeline(args.model, args.download, device, dtype)
+    kind = type(pipe.transformer).__name__
+    if kind not in _TEXT_SIDE:
+        raise CLIError(f"calibration does not know the token layout of {kind}; "
+                       f"supported: {', '.join(_TEXT_SIDE)}")
+
+    def sample(set_step: Callable[[int], None]) -> None:
+        def on_step_end(pipeline, i, t, callback_kwargs):  # noqa: ANN001, ANN202
+            set_step(i + 1)
+            return {}
+
+        set_step(0)
+        pipe(prompt=args.prompt[0], num_inference_steps=args.steps, height=args.height,
+             width=args.width, num_frames=args.frames, callback_on_step_end=on_step_end,
+             generator=torch.Generator(device).manual_seed(args.seed), output_type="latent")
+
+    return {"model": pipe.transformer, "sample": sample,
+            "grid": _latent_grid(pipe, args.height, args.width, args.frames),
+            "text_side": _TEXT_SIDE[kind], "name": args.model}
+
+
+def _parse_stride(text: str) -> tuple[int, int, int]:
+    try:
+        stride = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        stride = ()
+    if len(stride) != 3 or min(stride) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three positive ints like 2,2,2")
+    return stride  # type: ignore[return-value]
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .viz import format_schedule
+
+    if not 0.0 <= args.target < 1.0:
+        raise CLIError(f"--target {args.target} is out of range [0, 1)", 2)
+    if args.steps < 1:
+        raise CLIError(f"--steps {args.steps} is invalid: a positive int", 2)
+    out = Path(args.out)
+    setup = _calibration_setup(args)
+    start = time.perf_counter()
+    result = calibrate(
+        setup["model"], setup["sample"], target_flops_cut=args.target, grid=setup["grid"],
+        steps=args.steps, text_tokens=setup.get("text_tokens"), text_side=setup["text_side"],
+        stride=args.stride, seed=args.seed, priors=not args.no_priors,
+        step_groups=args.step_groups, name=f"{setup['name']}-cut{args.target:g}",
+    )
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.schedule.save(out)
+    stats_path = out.with_suffix(".stats.json")
+    stats = {**result.stats, "model": args.model, "seconds": seconds}
+    stats_path.write_text(json.dumps(stats, indent=1) + "\n")
+    print(format_schedule(result.schedule))
+    print(f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
+          f"(target {100 * args.target:.2f}%); calibration took {seconds:.1f} s")
+    print(f"wrote {out} and {stats_path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return int(demo.main(args) or 0)
+
+
+# ---------------------------------------------------------------------------- parser
+def _first_positional(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser; the demo's options are added only when ``argv`` runs the demo."""
+    parser = _Parser(prog=PROG, description="AsymRnR for video diffusion transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo", help="Inductor vs AsymRnR on the shipped small model (CPU, offline)",
+                       description="Run 'asymrnr demo -h' for the demo's options.")
+    if _first_positional(argv) == "demo":
+        from . import demo
+
+        demo.add_arguments(p)  # imported only when the demo runs
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="generate a video with AsymRnR")
+    p.add_argument("--model", required=True,
+                   help="'small' (the shipped model), a Hugging Face id or a local pipeline folder")
+    p.add_argument("--prompt", help="text prompt")
+    p.add_argument("--schedule", help="preset name, schedule JSON file, or 'off' for the baseline "
+                   "(default: K/V 0.3 at every site)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output video (.mp4 needs imageio; else a .gif is written)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--guidance", type=float, help="guidance scale (pipeline default if unset)")
+    p.add_argument("--fps", type=int, default=8)
+    _common_model_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("calibrate", help="fit a schedule to a model's token redundancy")
+    p.add_argument("--model", required=True,
+                   help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
+    p.add_argument("--target", type=float, required=True,
+                   help="share of attention FLOPs to remove, e.g. 0.3")
+    p.add_argument("--steps", type=int, required=True, help="denoising steps of the run")
+    p.add_argument("--out", required=True, help="schedule JSON to write (stats go beside it)")
+    p.add_argument("--prompt", nargs="+", help="prompt(s) of the calibration run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stride", type=_parse_stride, default=(2, 2, 2), help="partition t,h,w")
+    p.add_argument("--step-groups", type=int, default=None,
+                   help="steps share ratios in this many groups (default 5): one graph each")
+    p.add_argument("--no-priors", action="store_true",
+                   help="measured redundancy only (no Q / shallow-layer / early-step caution)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int)
+    _common_model_flags(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("show", help="print a schedule and draw its heat map")
+    p.add_argument("schedule", help="schedule JSON file or preset name")
+    p.add_argument("--png", help="heat map path (default: the JSON path with .png)")
+    p.add_argument("--no-png", action="store_true", help="print only")
+    p.add_argument("--layers", type=int, help="attention sites, to show a preset")
+    p.add_argument("--steps", type=int, help="steps, to show a preset")
+    p.add_argument("--max-columns", type=int, default=16,
+                   help="above this many step groups print per-layer means")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def _common_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading a Hub model that is not cached (default: offline)")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")
+    p.add_argument("--weights", help="folder of the small model's weights (default: shipped)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``asymrnr`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("ASYMRNR_DEBUG") == "1"
+    try:
+        args = build_parser(argv).parse_args(argv)
+        return int(args.func(args) or 0)
+    except SystemExit as exc:  # -h / --version
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except CLIError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError) as exc:  # the package's validation errors name the fix
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The ``asymrnr`` command line: show, calibrate, error handling."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from PIL import Image
+
+from asymrnr_fx.cli import main
+from asymrnr_fx.presets import get_preset
+from asymrnr_fx.schedule import Schedule
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asymrnr: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test: lookups must stay local."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_show_schedule_file(tmp_path, capsys) -> None:
+    path = tmp_path / "sched.json"
+    get_preset("mochi", 8, 12).save(path)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "8 attention sites x 12 steps" in out and "cells are Q/K-V ratios" in out
+    png = tmp_path / "sched.png"  # default: beside the JSON
+    assert png.stat().st_size > 500 and Image.open(png).size[0] > 300
+    other = tmp_path / "x" / "h.png"
+    other.parent.mkdir()
+    assert main(["show", str(path), "--png", str(other)]) == 0
+    assert other.stat().st_size > 500
+
+
+def test_show_preset(tmp_path, capsys) -> None:
+    assert main(["show", "cogvideox-2b", "--layers", "30", "--steps", "50", "--no-png"]) == 0
+    assert "'cogvideox-2b': 30 attention sites x 50 steps" in capsys.readouterr().out
+    assert main(["show", "cogvideox-2b"]) == 2
+    assert "--layers" in _one_line_error(capsys)
+
+
+def test_show_bad_files(tmp_path, capsys) -> None:
+    assert main(["show", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in _one_line_error(capsys)
+    bad = tmp_path / "bad.json"
+    data = Schedule.uniform(2, 2, kv=0.3).to_dict()
+    data["kv"][1][0] = 1.2
+    bad.write_text(json.dumps(data))
+    assert main(["show", str(bad)]) == 1
+    err = _one_line_error(capsys)
+    assert "bad.json" in err and "kv[1][0]=1.2 is out of range" in err
+    (tmp_path / "garbage.json").write_text("{")
+    assert main(["show", str(tmp_path / "garbage.json")]) == 1
+    assert "not valid JSON" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "COMMAND"),
+    (["frobnicate"], "frobnicate"),
+    (["generate"], "--model"),
+    (["generate", "--model", "small", "--steps", "ten"], "--steps"),
+    (["show", "s.json", "--bogus"], "--bogus"),
+    (["calibrate", "--model", "tiny:cogvideox", "--target", "1.5", "--steps", "2", "--out", "s.json"],
+     "--target 1.5"),
+    (["calibrate", "--model", "tiny:nope", "--target", "0.3", "--steps", "2", "--out", "s.json"],
+     "nope"),
+    (["calibrate", "--model", "tiny:cogvideox", "--target", "0.3", "--steps", "2",
+      "--out", "s.json", "--stride", "2,2"], "2,2"),
+    (["generate", "--model", "small", "--schedule", "nope.json"], "nope.json"),
+])
+def test_bad_usage(argv, needle, capsys) -> None:
+    assert main(argv) == 2
+    assert needle in _one_line_error(capsys)
+
+
+def test_generate_missing_model_fails_offline(capsys, no_network) -> None:
+    model = "nonexistent-org/nonexistent-model"
+    assert main(["generate", "--model", model, "--prompt", "a cat"]) == 1
+    err = _one_line_error(capsys)
+    assert model in err and f"hf download {model}" in err
+    assert main(["generate", "--model", "not/a/valid/id", "--prompt", "a cat"]) == 1
+    assert "not/a/valid/id" in _one_line_error(capsys)
+    assert main(["calibrate", "--model", model, "--target", "0.3", "--steps", "4",
+                 "--out", "s.json", "--prompt", "a cat", "--height", "64", "--width", "64",
+                 "--frames", "9"]) == 1
+    assert model in _one_line_error(capsys)
+
+
+def test_calibrate_then_show(tmp_path, capsys) -> None:
+    out = tmp_path / "cal" / "schedule.json"
+    argv = ["calibrate", "--model", "tiny:cogvideox", "--target", "0.25", "--steps", "4",
+            "--out", str(out), "--step-groups", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "attention FLOPs removed" in printed
+    sched = Schedule.load(out)
+    assert (sched.num_layers, sched.num_steps) == (2, 4)
+    assert len(sched.distinct_phases()) <= 2
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert stats["achieved_flops_cut"] >= 0.25 and stats["model"] == "tiny:cogvideox"
+    assert main(["show", str(out)]) == 0
+    assert out.with_suffix(".png").stat().st_size > 500
+
+
+def test_demo_options_are_the_demos(capsys) -> None:
+    assert main(["demo", "-h"]) == 0
+    assert "--prompts" in capsys.readouterr().out
