@@ -150,7 +150,11 @@ def _latent_grid(pipe, height: int, width: int, frames: int) -> tuple[int, int, 
 
 # -------------------------------------------------------------------------- generate
 def _schedule_config(spec: str | None, steps: int):
-    """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded)."""
+    """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded).
+
+    A preset brings the reference's partition stride and matching-cache interval for its
+    model; a calibrated schedule file brings the stride (and seed) it was measured with.
+    """
     from .config import AsymRnRConfig
     from .presets import PRESETS
     from .schedule import Schedule
@@ -158,12 +162,24 @@ def _schedule_config(spec: str | None, steps: int):
     if spec is None:
         return AsymRnRConfig(num_steps=steps)
     if spec in PRESETS:
-        return AsymRnRConfig(schedule=spec, num_steps=steps)
+        p = PRESETS[spec]
+        return AsymRnRConfig(schedule=spec, num_steps=steps, stride=p.stride,
+                             cache_interval=p.cache_interval)
     if not os.path.exists(spec):
         raise CLIError(
             f"--schedule {spec!r} is neither a preset ({', '.join(PRESETS)}), 'off', nor an "
             "existing JSON file", 2)
-    return AsymRnRConfig(schedule=Schedule.load(spec), num_steps=steps)
+    schedule = Schedule.load(spec)
+    fields: dict[str, Any] = {}
+    if "stride" in schedule.meta:
+        fields["stride"] = tuple(schedule.meta["stride"])
+    if "cache_interval" in schedule.meta:
+        fields["cache_interval"] = int(schedule.meta["cache_interval"])
+    if schedule.meta.get("metric") in ("l2", "cosine"):
+        fields["metric"] = schedule.meta["metric"]
+    if "seed" in schedule.meta:
+        fields["seed"] = int(schedule.meta["seed"])
+    return AsymRnRConfig(schedule=schedule, num_steps=steps, **fields)
 
 
 def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
