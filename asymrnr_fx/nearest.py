@@ -15,11 +15,13 @@ Inductor see one opaque node with static output shapes.
 
 Distances (fp32 accumulation whatever the input dtype):
 
-* ``"l2"``: squared L2, ``||s||^2 - 2 s.d + ||d||^2`` in float32. Rounding can leave an
-  exact match a tiny negative number; it is not clamped (the argmin must not change).
-* ``"cosine"``: ``1 - cos(s, d)``, each vector normalised in float32 with eps ``1e-6``.
+* ``"l2"``: squared L2, ``(||d||^2 - 2 s.d) + ||s||^2`` in float32. The argmin is taken
+  before the row constant ``||s||^2`` is added (no rounding from it decides a match).
+  Rounding can leave an exact match a tiny negative number; it is not clamped.
+* ``"cosine"``: ``1 - cos(s, d)``, each vector normalised in float32 with eps ``1e-6``; the
+  match is the largest cosine.
 
-Ties go to the lowest dst index.
+Ties (exactly equal values) go to the lowest dst index.
 """
 
 from __future__ import annotations
@@ -56,12 +58,16 @@ def _check(src: Tensor, dst: Tensor, metric: str) -> None:
         raise ValueError(f"src and dst are on different devices: {src.device} and {dst.device}")
 
 
-def _prepare(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
-    """fp32 copy (normalised for cosine) and, for l2, the squared norms."""
-    x = x.float()
+def _rhs(dst: Tensor, metric: str) -> Tensor:
+    """dst side of the GEMM, (G, D + 1, Nd) for l2 or (G, D, Nd) for cosine, in fp32.
+
+    l2 folds ``||d||^2`` into the GEMM: ``[s, 1] . [-2 d, ||d||^2] = ||d||^2 - 2 s.d``, so one
+    GEMM and one min pass make the whole block (``-2 d`` is exact: a power-of-two scale).
+    """
+    d = dst.float()
     if metric == "cosine":
-        return torch.nn.functional.normalize(x, dim=-1, eps=NORM_EPS), None
-    return x, x.square().sum(-1)
+        return torch.nn.functional.normalize(d, dim=-1, eps=NORM_EPS).transpose(1, 2)
+    return torch.cat([d * -2.0, d.square().sum(-1, keepdim=True)], dim=-1).transpose(1, 2)
 
 
 def nearest_dst_chunked(
@@ -86,22 +92,23 @@ def nearest_dst_chunked(
     chunk = min(ns, max(1, budget // (gblock * nd)))
     for g0 in range(0, g, gblock):
         g1 = min(g, g0 + gblock)
-        dd, dsq = _prepare(d3[g0:g1], metric)
-        dd_t = dd.transpose(1, 2)
+        rhs = _rhs(d3[g0:g1], metric)
         for s0 in range(0, ns, chunk):
             s1 = min(ns, s0 + chunk)
-            ss, ssq = _prepare(s3[g0:g1, s0:s1], metric)
+            ss = s3[g0:g1, s0:s1].float()
+            # torch.min/max over a dim return the first extreme index: ties -> lowest index.
             if metric == "l2":
-                # (||d||^2 - 2 s.d) + ||s||^2: one fused GEMM, then one in-place add.
-                block = torch.baddbmm(dsq[:, None, :], ss, dd_t, beta=1.0, alpha=-2.0)
-                block.add_(ssq[:, :, None])
+                ones = ss.new_ones(*ss.shape[:-1], 1)
+                vals, args = torch.bmm(torch.cat([ss, ones], dim=-1), rhs).min(dim=-1)
+                # ||s||^2 is the same for the whole row: added after the argmin, which is
+                # then decided on ||d||^2 - 2 s.d without its rounding.
+                vals = vals + ss.square().sum(-1)
             else:
-                block = torch.bmm(ss, dd_t).neg_().add_(1.0)
-            # torch.min over a dim returns the first minimal index: ties -> lowest dst index.
-            vals, args = block.min(dim=-1)
+                ss = torch.nn.functional.normalize(ss, dim=-1, eps=NORM_EPS)
+                vals, args = torch.bmm(ss, rhs).max(dim=-1)
+                vals = 1.0 - vals
             dist[g0:g1, s0:s1] = vals
             idx[g0:g1, s0:s1] = args
-            del block
     return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
 
 

@@ -11,7 +11,9 @@ in fp32, so the GEMM on the native dtype with an fp32 accumulator equals the fp3
 upcast values; fp32 inputs use IEEE fp32 (never TF32). Cosine divides the raw dot by the two
 clamped norms, which is ``normalize(s) . normalize(d)`` up to rounding. Ties: Triton's
 ``min(..., return_indices=True)`` keeps the leftmost index in a tile, and a later tile only
-wins on a strictly smaller distance, so the lowest dst index wins.
+wins on a strictly better value, so the lowest dst index wins. As in the chunked path, l2
+picks the argmin of ``||d||^2 - 2 s.d`` and adds ``||s||^2`` afterwards, and cosine picks
+the largest cosine and returns ``1 - cos``.
 
 Importing this module never fails: without Triton, :func:`available` is False and the op
 uses the chunked path. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors (slowly),
@@ -91,7 +93,12 @@ if triton is not None:
         sf = s.to(tl.float32)
         s_sq = tl.sum(sf * sf, 1)
         s_inv = 1.0 / tl.maximum(tl.sqrt(s_sq), EPS)
-        best = tl.full((BLOCK_M,), float("inf"), tl.float32)
+        # l2 tracks the smallest ||d||^2 - 2 s.d (||s||^2 is added at the end, as in the
+        # chunked path); cosine tracks the largest cosine.
+        if COSINE:
+            best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        else:
+            best = tl.full((BLOCK_M,), float("inf"), tl.float32)
         best_i = tl.zeros((BLOCK_M,), tl.int32)
         for n0 in range(0, nd, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
@@ -99,21 +106,32 @@ if triton is not None:
             d_ptrs = Dst + g * d_sg + rn[:, None].to(tl.int64) * d_sn + rd[None, :] * d_sd
             dt = tl.load(d_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
             df = dt.to(tl.float32)
+            d_sq = tl.sum(df * df, 1)
             if IEEE:
                 dot = tl.dot(sf, tl.trans(df), input_precision="ieee")
             else:
                 dot = tl.dot(s, tl.trans(dt), out_dtype=tl.float32)
             if COSINE:
-                d_inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(df * df, 1)), EPS)
-                dist = 1.0 - dot * s_inv[:, None] * d_inv[None, :]
+                d_inv = 1.0 / tl.maximum(tl.sqrt(d_sq), EPS)
+                score = dot * s_inv[:, None] * d_inv[None, :]
+                score = tl.where(n_mask[None, :], score, float("-inf"))
+                tbest, targ = tl.max(
+                    score, 1, return_indices=True, return_indices_tie_break_left=True
+                )
+                better = tbest > best  # strict: an earlier tile keeps its lower index on a tie
             else:
-                # Same association as the chunked path: (||d||^2 - 2 s.d) + ||s||^2.
-                dist = (tl.sum(df * df, 1)[None, :] - 2.0 * dot) + s_sq[:, None]
-            dist = tl.where(n_mask[None, :], dist, float("inf"))
-            tmin, targ = tl.min(dist, 1, return_indices=True, return_indices_tie_break_left=True)
-            better = tmin < best  # strict: an earlier tile keeps its (lower) index on a tie
-            best = tl.where(better, tmin, best)
+                score = d_sq[None, :] - 2.0 * dot
+                score = tl.where(n_mask[None, :], score, float("inf"))
+                tbest, targ = tl.min(
+                    score, 1, return_indices=True, return_indices_tie_break_left=True
+                )
+                better = tbest < best
+            best = tl.where(better, tbest, best)
             best_i = tl.where(better, targ + n0, best_i)
+        if COSINE:
+            best = 1.0 - best
+        else:
+            best = best + s_sq
         out = g * ns + rm
         tl.store(OutD + out, best, mask=m_mask)
         tl.store(OutI + out, best_i.to(tl.int64), mask=m_mask)
