@@ -1,0 +1,175 @@
+"""Generate clips with the small trained video transformer, and write them as GIF/PNG.
+
+The model is the real diffusers ``CogVideoXTransformer3DModel`` trained in pixel space
+with rectified flow (see :mod:`asymrnr_fx.train`); sampling integrates it with diffusers'
+``FlowMatchEulerDiscreteScheduler``. The transformer is always called as
+``model(hidden_states=..., encoder_hidden_states=..., timestep=..., return_dict=False)``
+with one timestep value per step, so a ``torch.compile``'d model (whose backend tracks
+denoising steps from ``timestep``) can be passed in place of the eager one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import Condition, encode_condition, parse_prompt
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "load_small_model",
+    "clip_geometry",
+    "make_scheduler",
+    "generate",
+    "to_uint8",
+    "save_gif",
+    "save_strip",
+]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shapes-cogvideox"
+
+
+def load_small_model(path: str | Path | None = None) -> torch.nn.Module:
+    """The shipped small ``CogVideoXTransformer3DModel`` (or the one at ``path``), in eval mode."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    model = CogVideoXTransformer3DModel.from_pretrained(str(path or DEFAULT_WEIGHTS), low_cpu_mem_usage=False)
+    return model.eval().requires_grad_(False)
+
+
+def clip_geometry(model: torch.nn.Module) -> tuple[int, int, int, int]:
+    """``(frames, channels, height, width)`` of the pixel clips the model was built for."""
+    cfg = model.config
+    frames = (cfg.sample_frames - 1) // cfg.temporal_compression_ratio + 1
+    return frames, cfg.in_channels, cfg.sample_height, cfg.sample_width
+
+
+def make_scheduler(steps: int, shift: float = 1.0):
+    """A diffusers flow-matching Euler scheduler set to ``steps`` denoising steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def _as_condition(item: Condition | str) -> Condition:
+    return item if isinstance(item, Condition) else parse_prompt(item)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    conditions: Sequence[Condition | str],
+    seeds: Sequence[int],
+    *,
+    steps: int = 20,
+    guidance_scale: float = 1.0,
+    shift: float = 1.0,
+    geometry: tuple[int, int, int, int] | None = None,
+    progress: bool = False,
+    desc: str = "sample",
+) -> torch.Tensor:
+    """Sample one clip per (condition, seed) pair, all in one batch.
+
+    Args:
+        model: the transformer (eager or ``torch.compile``'d).
+        conditions: :class:`~asymrnr_fx.data.Condition` objects or prompts for
+            :func:`~asymrnr_fx.data.parse_prompt`.
+        seeds: one seed per clip; the clip's starting noise depends on its seed only.
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance; 1.0 disables it (no extra batch).
+        shift: the scheduler's timestep shift.
+        geometry: ``(frames, channels, height, width)``; read from the model config when
+            None (pass it when ``model`` is a compiled wrapper without ``config``).
+        progress: show a tqdm bar over the steps.
+
+    Returns:
+        ``(B, frames, channels, height, width)`` float32 clips clamped to ``[-1, 1]``.
+    """
+    conds = [_as_condition(c) for c in conditions]
+    if len(conds) != len(seeds):
+        raise ValueError(f"{len(conds)} conditions but {len(seeds)} seeds: give one seed per clip")
+    frames, channels, height, width = geometry or clip_geometry(model)
+    latents = torch.stack(
+        [
+            torch.randn(frames, channels, height, width, generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds
+        ]
+    )
+    text = encode_condition(conds)
+    cfg = guidance_scale != 1.0
+    if cfg:  # CFG in one batch: [conditional; unconditional]
+        text = torch.cat([text, encode_condition([None] * len(conds))])
+    scheduler = make_scheduler(steps, shift)
+    for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
+        model_in = torch.cat([latents, latents]) if cfg else latents
+        timestep = t.to(torch.float32).expand(model_in.shape[0])
+        velocity = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
+        if cfg:
+            cond_v, uncond_v = velocity.chunk(2)
+            velocity = uncond_v + guidance_scale * (cond_v - uncond_v)
+        latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    return latents.clamp(-1, 1)
+
+
+def to_uint8(clip: torch.Tensor) -> np.ndarray:
+    """``(F, C, H, W)`` in [-1, 1] -> ``(F, H, W, C)`` uint8."""
+    return ((clip.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _grid(rows: Sequence[Sequence[torch.Tensor]], scale: int, gap: int) -> np.ndarray:
+    """Clips in a grid (rows of clips): ``(F, height, width, C)`` uint8, white gaps."""
+    tiles = [[to_uint8(c).repeat(scale, axis=1).repeat(scale, axis=2) for c in row] for row in rows]
+    f, h, w, c = tiles[0][0].shape
+    cols = max(len(row) for row in tiles)
+    out = np.full((f, len(tiles) * (h + gap) - gap, cols * (w + gap) - gap, c), 255, dtype=np.uint8)
+    for r, row in enumerate(tiles):
+        for i, tile in enumerate(row):
+            out[:, r * (h + gap) : r * (h + gap) + h, i * (w + gap) : i * (w + gap) + w] = tile
+    return out
+
+
+def save_gif(
+    clips: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]],
+    path: str | Path,
+    *,
+    fps: int = 6,
+    scale: int = 4,
+    gap: int = 4,
+) -> Path:
+    """Write clips as one looping GIF: a flat list side by side, or a list of rows as a
+    grid; returns the path."""
+    from PIL import Image
+
+    rows = [clips] if isinstance(clips[0], torch.Tensor) else clips
+    grid = _grid(rows, scale, gap)
+    images = [Image.fromarray(frame) for frame in grid]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def save_strip(clips: Sequence[torch.Tensor], path: str | Path, *, scale: int = 3, gap: int = 2) -> Path:
+    """Write a PNG: one row per clip, its frames left to right; returns the path."""
+    from PIL import Image
+
+    rows = []
+    for clip in clips:
+        frames = to_uint8(clip).repeat(scale, axis=1).repeat(scale, axis=2)
+        f, h, w, c = frames.shape
+        row = np.full((h, f * (w + gap) - gap, c), 255, dtype=np.uint8)
+        for i in range(f):
+            row[:, i * (w + gap) : i * (w + gap) + w] = frames[i]
+        rows.append(row)
+    sep = np.full((gap, rows[0].shape[1], rows[0].shape[2]), 255, dtype=np.uint8)
+    image = np.concatenate([part for row in rows for part in (row, sep)][:-1])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path

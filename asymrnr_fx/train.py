@@ -1,0 +1,166 @@
+"""Train the small CogVideoX transformer on the procedural clips of :mod:`asymrnr_fx.data`.
+
+Pixel-space rectified flow (no VAE): ``x_t = (1 - s) x_0 + s noise``, the model predicts
+the velocity ``noise - x_0`` at timestep ``1000 s``, which is what diffusers'
+``FlowMatchEulerDiscreteScheduler`` integrates at sampling time.
+
+    python -m asymrnr_fx.train --out asymrnr_fx/weights/shapes-cogvideox --minutes 60
+
+Checkpoints (EMA weights, ``from_pretrained`` layout) are written every ``--save-every``
+steps and at the end, so whatever is on disk when the run is stopped is usable;
+``loss.csv`` logs every step and ``TRAINING.md`` records how the weights were made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data import TEXT_DIM, TEXT_TOKENS, encode_condition, make_batch
+
+__all__ = ["MODEL_CONFIG", "build_model", "train", "main"]
+
+# 8 frames x 32x32 pixels with 2x2 patches: 8 x 16 x 16 = 2048 video tokens, 5 text tokens.
+MODEL_CONFIG: dict = dict(
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=3,
+    out_channels=3,
+    time_embed_dim=64,
+    text_embed_dim=TEXT_DIM,
+    num_layers=6,
+    sample_width=32,
+    sample_height=32,
+    sample_frames=29,  # (29 - 1) // temporal_compression_ratio(4) + 1 = 8 frames
+    patch_size=2,
+    max_text_seq_length=TEXT_TOKENS,
+    use_rotary_positional_embeddings=False,
+)
+FRAMES, SIZE = 8, 32
+
+
+def build_model(**overrides) -> torch.nn.Module:
+    """A fresh ``CogVideoXTransformer3DModel`` of the small config (fields overridable)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    return CogVideoXTransformer3DModel(**{**MODEL_CONFIG, **overrides})
+
+
+def _sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
+    # Logit-normal noise levels (as in SD3): most training signal at mid noise, where
+    # structure (shape, position) is decided.
+    return torch.sigmoid(torch.randn(batch, generator=generator))
+
+
+def train(
+    out: Path,
+    *,
+    steps: int,
+    minutes: float | None,
+    batch: int,
+    lr: float,
+    seed: int,
+    ema_decay: float,
+    cond_dropout: float,
+    save_every: int,
+    warmup: int,
+    command: str,
+) -> dict:
+    """Run training; returns a summary (steps done, final smoothed loss, seconds)."""
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model().train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 + 0.5 * math.cos(math.pi * min(1.0, s / steps)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    log = (out / "loss.csv").open("w")
+    log.write("step,loss,lr,seconds\n")
+    start = time.time()
+    smooth = None
+    summary: dict = {}
+
+    def save(step: int) -> None:
+        ema.save_pretrained(out, safe_serialization=True)
+        summary.update(
+            steps=step, final_loss_ema100=round(float(smooth), 5), seconds=round(time.time() - start),
+            batch=batch, lr=lr, seed=seed, ema_decay=ema_decay, cond_dropout=cond_dropout,
+            params=sum(p.numel() for p in model.parameters()), command=command,
+        )
+        (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    bar = tqdm(range(steps), desc="train", unit="step", file=sys.stdout, mininterval=10)
+    step = 0
+    for step in bar:
+        # Clip seeds never repeat within a run: every step sees fresh clips.
+        seeds = [seed * 10_000_000 + step * batch + i for i in range(batch)]
+        x0, conds = make_batch(seeds, frames=FRAMES, size=SIZE)
+        drop = torch.rand(batch, generator=gen) < cond_dropout
+        text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = _sample_sigmas(batch, gen)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + step) / (10 + step))  # warm EMA: early weights fade fast
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        value = float(loss.detach())
+        smooth = value if smooth is None else 0.99 * smooth + 0.01 * value
+        log.write(f"{step},{value:.5f},{sched.get_last_lr()[0]:.3e},{time.time() - start:.1f}\n")
+        log.flush()
+        bar.set_postfix(loss=f"{smooth:.4f}")
+        if (step + 1) % save_every == 0:
+            save(step + 1)
+        if minutes is not None and time.time() - start > minutes * 60:
+            break
+    save(step + 1)
+    log.close()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="output folder (from_pretrained layout)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (sets the LR decay)")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.99)
+    p.add_argument("--cond-dropout", type=float, default=0.1)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python -m asymrnr_fx.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    summary = train(
+        args.out, steps=args.steps, minutes=args.minutes, batch=args.batch, lr=args.lr, seed=args.seed,
+        ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, save_every=args.save_every,
+        warmup=args.warmup, command=command,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
