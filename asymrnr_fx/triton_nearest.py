@@ -64,6 +64,7 @@ if triton is not None:
     def _nearest_kernel(
         S,
         Dst,
+        DNorm,
         OutD,
         OutI,
         ns,
@@ -92,7 +93,8 @@ if triton is not None:
         s = tl.load(s_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         sf = s.to(tl.float32)
         s_sq = tl.sum(sf * sf, 1)
-        s_inv = 1.0 / tl.maximum(tl.sqrt(s_sq), EPS)
+        if COSINE:
+            s_inv = 1.0 / tl.maximum(tl.sqrt(s_sq), EPS)
         # l2 tracks the smallest ||d||^2 - 2 s.d (||s||^2 is added at the end, as in the
         # chunked path); cosine tracks the largest cosine.
         if COSINE:
@@ -105,22 +107,21 @@ if triton is not None:
             n_mask = rn < nd
             d_ptrs = Dst + g * d_sg + rn[:, None].to(tl.int64) * d_sn + rd[None, :] * d_sd
             dt = tl.load(d_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-            df = dt.to(tl.float32)
-            d_sq = tl.sum(df * df, 1)
+            # ||d||^2 (l2) or 1 / max(||d||, eps) (cosine), computed once per dst row.
+            dn = tl.load(DNorm + g * nd + rn, mask=n_mask, other=0.0)
             if IEEE:
-                dot = tl.dot(sf, tl.trans(df), input_precision="ieee")
+                dot = tl.dot(sf, tl.trans(dt.to(tl.float32)), input_precision="ieee")
             else:
                 dot = tl.dot(s, tl.trans(dt), out_dtype=tl.float32)
             if COSINE:
-                d_inv = 1.0 / tl.maximum(tl.sqrt(d_sq), EPS)
-                score = dot * s_inv[:, None] * d_inv[None, :]
+                score = dot * s_inv[:, None] * dn[None, :]
                 score = tl.where(n_mask[None, :], score, float("-inf"))
                 tbest, targ = tl.max(
                     score, 1, return_indices=True, return_indices_tie_break_left=True
                 )
                 better = tbest > best  # strict: an earlier tile keeps its lower index on a tie
             else:
-                score = d_sq[None, :] - 2.0 * dot
+                score = dn[None, :] - 2.0 * dot
                 score = tl.where(n_mask[None, :], score, float("inf"))
                 tbest, targ = tl.min(
                     score, 1, return_indices=True, return_indices_tie_break_left=True
@@ -171,6 +172,9 @@ def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Te
         # the raw bits), so there bf16 takes the fp32 path; bf16 products are exact in fp32,
         # so the result is the same.
         ieee = dtype == torch.float32 or (interpreting() and dtype == torch.bfloat16)
+        # Per dst row, in fp32 with the same torch ops as the chunked path.
+        dsq = d3.float().square().sum(-1)
+        dnorm = dsq if metric == "l2" else 1.0 / dsq.sqrt().clamp_min(NORM_EPS)
         block_d = max(16, triton.next_power_of_2(d))
         block_m, block_n, warps, stages = _blocks(block_d, ieee)
         grid = (triton.cdiv(ns, block_m), g)
@@ -178,6 +182,7 @@ def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Te
             _nearest_kernel[grid](
                 s3,
                 d3,
+                dnorm,
                 dist,
                 idx,
                 ns,
