@@ -117,3 +117,24 @@ def test_calibrate_then_show(tmp_path, capsys) -> None:
 def test_demo_options_are_the_demos(capsys) -> None:
     assert main(["demo", "-h"]) == 0
     assert "--prompts" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("names,patch,patch_t,frames,hw,grid", [
+    # token counts of the DESIGN anchors: CogVideoX-2B 49f 480x720, HunyuanVideo 129f 720p,
+    # Wan2.1 81f 720p (patch given as a (t, h, w) tuple)
+    (("vae_scale_factor_spatial", "vae_scale_factor_temporal"), 2, None, 49, (480, 720), (13, 30, 45)),
+    (("vae_scale_factor_spatial", "vae_scale_factor_temporal"), 2, 1, 129, (720, 1280), (33, 45, 80)),
+    (("vae_scale_factor_spatial", "vae_scale_factor_temporal"), (1, 2, 2), None, 81, (720, 1280),
+     (21, 45, 80)),
+    (("vae_spatial_scale_factor", "vae_temporal_scale_factor"), 2, None, 85, (480, 848), (15, 30, 53)),
+])
+def test_latent_grid(names, patch, patch_t, frames, hw, grid) -> None:
+    from types import SimpleNamespace
+
+    from asymrnr_fx.cli import _latent_grid
+
+    temporal = 6 if "scale_factor" in names[1] and names[1].startswith("vae_temporal") else 4
+    pipe = SimpleNamespace(**{names[0]: 8, names[1]: temporal},
+                           transformer=SimpleNamespace(config={"patch_size": patch,
+                                                               "patch_size_t": patch_t}))
+    assert _latent_grid(pipe, hw[0], hw[1], frames) == grid
