@@ -228,6 +228,13 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Asym
     if sites:
         _log_once(f"asymrnr: graph {id(gm.graph):x}: {_describe(sites)}")
     runner_sites = [s for s in sites if s.rewritable]
+    if config.grid is not None and sites and not runner_sites:
+        too_short = [s for s in sites if "shorter than the" in s.reason]
+        if too_short:
+            raise ValueError(
+                f"grid={config.grid} ({math.prod(config.grid)} video tokens) matches no attention "
+                f"sequence of the graph ({too_short[0].reason}); fix grid, or leave it None to infer it"
+            )
     if not runner_sites or config.is_identity:
         return compile_graph(gm, example_inputs)
     runner = GraphRunner(gm, sites, config, compile_graph)

@@ -1,0 +1,94 @@
+"""An independent, deliberately naive reference of AsymRnR attention (no import of the pass).
+
+Loops over batch and heads, float64 throughout. Given the dst/src partition, it matches,
+reduces, attends and restores exactly as the paper describes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _nearest(x: torch.Tensor, dst: list[int], src: list[int], metric: str) -> tuple[list[float], list[int]]:
+    dists, nearest = [], []
+    for s in src:
+        best, best_j = None, -1
+        for j, d in enumerate(dst):
+            if metric == "l2":
+                value = float(((x[s] - x[d]) ** 2).sum())
+            else:
+                a, b = x[s] / x[s].norm().clamp_min(1e-6), x[d] / x[d].norm().clamp_min(1e-6)
+                value = float(1 - (a * b).sum())
+            if best is None or value < best:
+                best, best_j = value, j
+        dists.append(best)
+        nearest.append(best_j)
+    return dists, nearest
+
+
+def reference_match(x: torch.Tensor, dst: list[int], src: list[int], num_keep: int, metric: str):
+    """For one head's tokens x (N, D): kept token list and each token's representative."""
+    dists, nearest = _nearest(x, dst, src, metric)
+    num_remove = len(dst) + len(src) - num_keep
+    order = sorted(range(len(src)), key=lambda i: (dists[i], i))
+    removed = set(order[:num_remove])
+    kept = list(dst) + [src[i] for i in order[num_remove:]]
+    representative = {t: t for t in kept}
+    for i in removed:
+        representative[src[i]] = dst[nearest[i]]
+    return kept, representative
+
+
+def _reduce(x: torch.Tensor, kept: list[int], representative: dict[int, int], merge: str) -> torch.Tensor:
+    if merge == "drop":
+        return x[kept]
+    rows = []
+    for t in kept:
+        members = [m for m, r in representative.items() if r == t]
+        rows.append(x[members].mean(0))
+    return torch.stack(rows)
+
+
+def reference_attention(q, k, v, mask, *, video_start, video_len, dst, src, q_keep, kv_keep,
+                        metric="l2", merge="drop", match_on="v"):
+    """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole."""
+    q, k, v = q.double(), k.double(), v.double()
+    batch, heads, seq, dim = q.shape
+    out = torch.empty_like(q)
+    text = [t for t in range(seq) if not video_start <= t < video_start + video_len]
+    for b in range(batch):
+        for h in range(heads):
+            vid = slice(video_start, video_start + video_len)
+            if kv_keep is not None:
+                source = (v if match_on == "v" else k)[b, h, vid]
+                kv_kept, kv_rep = reference_match(source, dst, src, kv_keep, metric)
+                k_video = _reduce(k[b, h, vid], kv_kept, kv_rep, merge)
+                v_video = _reduce(v[b, h, vid], kv_kept, kv_rep, merge)
+                k_cols = [t for t in text] + [video_start + t for t in kv_kept]
+            else:
+                k_video, v_video = k[b, h, vid], v[b, h, vid]
+                k_cols = text + list(range(video_start, video_start + video_len))
+            k_text, v_text = k[b, h, text], v[b, h, text]
+            keys = torch.cat([k_text, k_video])
+            values = torch.cat([v_text, v_video])
+            if q_keep is not None:
+                q_kept, q_rep = reference_match(q[b, h, vid], dst, src, q_keep, metric)
+                q_video = _reduce(q[b, h, vid], q_kept, q_rep, merge)
+            else:
+                q_kept = list(range(video_len))
+                q_rep = {t: t for t in q_kept}
+                q_video = q[b, h, vid]
+            queries = torch.cat([q[b, h, text], q_video])
+            q_rows = text + [video_start + t for t in q_kept]
+            scores = queries @ keys.T / dim ** 0.5
+            if mask is not None:
+                m = mask.expand(batch, heads, seq, seq)[b, h][q_rows][:, k_cols]
+                scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.double()
+            # SDPA gives a query whose keys are all masked a zero output row.
+            result = torch.softmax(scores, -1).nan_to_num(0.0) @ values
+            row_of = {t: i for i, t in enumerate(q_rows)}
+            for t in text:
+                out[b, h, t] = result[row_of[t]]
+            for t in range(video_len):
+                out[b, h, video_start + t] = result[row_of[video_start + q_rep[t]]]
+    return out

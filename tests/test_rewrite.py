@@ -1,0 +1,239 @@
+"""Property tests of the rewrite against the independent reference in ``reference.py``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from asymrnr_fx.passes.rewrite import rewrite_attention
+from asymrnr_fx.passes.sites import classify_sites
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import asymrnr_fx
+from asymrnr_fx.dispatcher import DISPATCHER
+from asymrnr_fx.ops import kept_count, partition
+
+from .reference import reference_attention
+
+
+class JointAttention(torch.nn.Module):
+    """Text and video tokens joined, projected, attended: the shape of a video DiT block."""
+
+    def __init__(self, dim: int, heads: int, text_side: str, call_style: str) -> None:
+        super().__init__()
+        self.heads, self.text_side, self.call_style = heads, text_side, call_style
+        self.to_q, self.to_k, self.to_v = (torch.nn.Linear(dim, dim) for _ in range(3))
+
+    def qkv(self, video: torch.Tensor, text: torch.Tensor) -> list[torch.Tensor]:
+        x = torch.cat([text, video], 1) if self.text_side == "before" else torch.cat([video, text], 1)
+        b, s, c = x.shape
+        return [p(x).view(b, s, self.heads, c // self.heads).transpose(1, 2)
+                for p in (self.to_q, self.to_k, self.to_v)]
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self.qkv(video, text)
+        if self.call_style == "positional":
+            out = F.scaled_dot_product_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=mask, dropout_p=0.0)
+        return out * 1.0
+
+
+cases = st.fixed_dictionaries({
+    "batch": st.integers(1, 2),
+    "heads": st.sampled_from([1, 2]),
+    "head_dim": st.sampled_from([4, 8]),
+    "grid": st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(2, 4)),
+    "text": st.integers(0, 4),
+    "text_side": st.sampled_from(["before", "after"]),
+    "mask": st.sampled_from([None, "bool-key", "bool-full"]),
+    "call_style": st.sampled_from(["positional", "keyword"]),
+    "q_ratio": st.sampled_from([0.0, 0.25, 0.5, 0.8]),
+    "kv_ratio": st.sampled_from([0.0, 0.3, 0.5, 0.9]),
+    "stride": st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 2)),
+    "merge": st.sampled_from(["drop", "mean"]),
+    "metric": st.sampled_from(["l2", "cosine"]),
+    "match_on": st.sampled_from(["v", "k"]),
+    "seed": st.integers(0, 2**16),
+})
+
+
+def _setup(case: dict):
+    torch.manual_seed(case["seed"])
+    dim = case["heads"] * case["head_dim"]
+    module = JointAttention(dim, case["heads"], case["text_side"], case["call_style"]).eval()
+    num_video = math.prod(case["grid"])
+    seq = num_video + case["text"]
+    video = torch.randn(case["batch"], num_video, dim)
+    text = torch.randn(case["batch"], case["text"], dim)
+    mask = None
+    if case["mask"] == "bool-key":
+        mask = torch.rand(case["batch"], 1, 1, seq) > 0.2
+        mask[..., 0] = True  # no fully masked row
+        mask[..., -1] = True
+    elif case["mask"] == "bool-full":
+        mask = torch.rand(case["batch"], case["heads"], seq, seq) > 0.3
+        mask |= torch.eye(seq, dtype=torch.bool)
+        if case["text"]:  # a query must keep at least one unmasked key after the cut
+            start = 0 if case["text_side"] == "before" else num_video
+            mask[..., start] = True
+    return module, video, text, mask
+
+
+def _config(case: dict) -> asymrnr_fx.AsymRnRConfig:
+    return asymrnr_fx.AsymRnRConfig(
+        q_ratio=case["q_ratio"], kv_ratio=case["kv_ratio"], stride=case["stride"], merge=case["merge"],
+        metric=case["metric"], match_on=case["match_on"], grid=case["grid"], seed=case["seed"],
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases)
+def test_rewrite_matches_reference(case: dict) -> None:
+    module, video, text, mask = _setup(case)
+    config = _config(case)
+    torch._dynamo.reset()
+    DISPATCHER.reset()
+    with torch.no_grad():
+        eager = module(video, text, mask)
+        compiled = torch.compile(module, backend=asymrnr_fx.backend(config, inner="eager"), fullgraph=True)
+        out = compiled(video, text, mask)
+        q, k, v = module.qkv(video, text)
+        q, k, v = q.detach(), k.detach(), v.detach()
+
+    assert out.shape == eager.shape and out.dtype == eager.dtype
+    num_video = math.prod(case["grid"])
+    start = case["text"] if case["text_side"] == "before" else 0
+    video_rows = slice(start, start + num_video)
+    text_rows = [t for t in range(out.shape[1]) if not start <= t < start + num_video]
+
+    if config.is_identity:
+        assert torch.equal(out, eager)
+        return
+    part = partition(case["grid"], case["stride"], case["seed"])
+    counts = {name: kept_count(num_video, r, part.dst_idx.numel()) for name, r in
+              (("q", case["q_ratio"]), ("kv", case["kv_ratio"]))}
+    active = {name: (n if n < num_video and r > 0 else None) for (name, n), r in
+              zip(counts.items(), (case["q_ratio"], case["kv_ratio"]))}
+    expected = reference_attention(
+        q, k, v, mask, video_start=start, video_len=num_video, dst=part.dst_idx.tolist(),
+        src=part.src_idx.tolist(), q_keep=active["q"], kv_keep=active["kv"], metric=case["metric"],
+        merge=case["merge"], match_on=case["match_on"],
+    ).float()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+    # Kept counts follow the formula, and every restored row copies its representative.
+    for component in ("q", "kv"):
+        entry = DISPATCHER.cache.get((0, component))
+        if active[component] is None:
+            assert entry is None
+            continue
+        assert entry.keep.shape == (q.shape[0], q.shape[1], active[component])
+        assert entry.keep.shape[-1] == max(int(num_video * (1 - case[f"{component}_ratio"])),
+                                           part.dst_idx.numel())
+    entry = DISPATCHER.cache.get((0, "q"))
+    if entry is not None:
+        video_out = out[:, :, video_rows]
+        representative = entry.keep.gather(-1, entry.restore)
+        copied = video_out.gather(2, representative.unsqueeze(-1).expand_as(video_out))
+        assert torch.equal(video_out, copied)
+    if active["kv"] is None:  # text queries see the full K/V: their rows are untouched
+        torch.testing.assert_close(out[:, :, text_rows], eager[:, :, text_rows])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases)
+def test_rewritten_graph_lints_and_leaves_input_alone(case: dict) -> None:
+    module, video, text, mask = _setup(case)
+    captured = {}
+
+    def capture(gm, example_inputs):  # noqa: ANN001, ANN202
+        captured["gm"] = gm
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(module, backend=capture, fullgraph=True)(video, text, mask)
+    gm = captured["gm"]
+    before = gm.code
+    sites = classify_sites(gm.graph, case["grid"])
+    assert [s.rewritable for s in sites] == [True]
+    layout = sites[0].layout
+    assert layout.video_len == math.prod(case["grid"]) and layout.text_len == case["text"]
+    assert layout.text_side == (case["text_side"] if case["text"] else None)
+    from asymrnr_fx.backend import GraphRunner
+
+    runner = GraphRunner(gm, sites, _config(case).replace(kv_ratio=0.5), lambda g, e: g.forward)
+    plans = runner.plans([(case["q_ratio"], 0.5)])
+    for variant in ("refresh", "reuse"):
+        result = rewrite_attention(gm, list(plans), variant)
+        result.gm.graph.lint()
+        names = [n.target for n in result.gm.graph.nodes if n.op == "call_function"]
+        assert F.scaled_dot_product_attention not in names
+    assert gm.code == before  # the pass is pure
+
+
+def test_cross_attention_and_causal_are_left_alone() -> None:
+    class Cross(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+
+        def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+            b = x.shape[0]
+            q = self.q(x).view(b, -1, 2, 4).transpose(1, 2)
+            k = self.k(ctx).view(b, -1, 2, 4).transpose(1, 2)
+            v = self.v(ctx).view(b, -1, 2, 4).transpose(1, 2)
+            k_self = self.k(x).view(b, -1, 2, 4).transpose(1, 2)
+            v_self = self.v(x).view(b, -1, 2, 4).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, k, v)  # cross, different lengths
+            c = F.scaled_dot_product_attention(q, k_self, v_self, is_causal=True)
+            same_len = torch.cat([ctx, ctx], 1)
+            k2 = self.k(same_len).view(b, -1, 2, 4).transpose(1, 2)
+            v2 = self.v(same_len).view(b, -1, 2, 4).transpose(1, 2)
+            d = F.scaled_dot_product_attention(q, k2, v2)  # cross, equal lengths
+            return a.sum() + c.sum() + d.sum()
+
+    captured = {}
+
+    def capture(gm, example_inputs):  # noqa: ANN001, ANN202
+        captured["gm"] = gm
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(Cross(), backend=capture)(torch.randn(1, 8, 8), torch.randn(1, 4, 8))
+    sites = classify_sites(captured["gm"].graph, (2, 2, 2))
+    assert [s.rewritable for s in sites] == [False, False, False]
+    assert "cross-attention" in sites[0].reason
+    assert "causal" in sites[1].reason
+    assert "same tokens" in sites[2].reason
+
+
+@pytest.mark.parametrize("bad", [{"kv_ratio": 1.0}, {"q_ratio": -0.1}, {"stride": (2, 0, 2)},
+                                 {"merge": "avg"}, {"grid": (2, 2)}, {"cache_interval": 0}])
+def test_bad_config_names_the_field(bad: dict) -> None:
+    field = next(iter(bad))
+    with pytest.raises(ValueError, match=field):
+        asymrnr_fx.AsymRnRConfig(**bad)
+
+
+def test_unknown_option_is_an_error() -> None:
+    with pytest.raises(ValueError, match="kv_ratioo"):
+        asymrnr_fx.AsymRnRConfig.from_dict({"kv_ratioo": 0.3})
+    with pytest.raises(ValueError, match="kv_ratioo"):
+        asymrnr_fx.backend(kv_ratioo=0.3)
+    from asymrnr_fx.backend import inductor_config_patches
+
+    with pytest.raises(ValueError, match="not_an_inductor_option"):
+        inductor_config_patches(None, {"not_an_inductor_option": 1})
+
+
+def test_grid_that_does_not_match_the_tokens_is_an_error() -> None:
+    module = JointAttention(8, 2, "before", "positional")
+    video, text = torch.randn(1, 12, 8), torch.randn(1, 3, 8)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=asymrnr_fx.backend(grid=(4, 4, 4), inner="eager"))
+    with pytest.raises(Exception, match="grid"):
+        compiled(video, text, None)
