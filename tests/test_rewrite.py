@@ -114,10 +114,11 @@ def test_rewrite_matches_reference(case: dict) -> None:
         assert torch.equal(out, eager)
         return
     part = partition(case["grid"], case["stride"], case["seed"])
-    counts = {name: kept_count(num_video, r, part.dst_idx.numel()) for name, r in
-              (("q", case["q_ratio"]), ("kv", case["kv_ratio"]))}
-    active = {name: (n if n < num_video and r > 0 else None) for (name, n), r in
-              zip(counts.items(), (case["q_ratio"], case["kv_ratio"]))}
+    active = {}
+    for component in ("q", "kv"):
+        ratio = case[f"{component}_ratio"]
+        kept = kept_count(num_video, ratio, part.dst_idx.numel())
+        active[component] = kept if ratio > 0 and kept < num_video else None
     expected = reference_attention(
         q, k, v, mask, video_start=start, video_len=num_video, dst=part.dst_idx.tolist(),
         src=part.src_idx.tolist(), q_keep=active["q"], kv_keep=active["kv"], metric=case["metric"],
