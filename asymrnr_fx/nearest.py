@@ -33,9 +33,13 @@ __all__ = ["METRICS", "nearest_dst", "nearest_dst_chunked"]
 
 METRICS = ("l2", "cosine")
 NORM_EPS = 1e-6
-# Bytes the chunked path may spend on one block of fp32 distances (plus its temporaries of
-# the same size). 256 MiB keeps a CPU run small and is far below any GPU's memory.
+# Bytes the chunked path may spend on one block of fp32 distances. On CPU a block that stays
+# in cache beats one big GEMM (the min pass then reads cached data, and no fresh pages are
+# touched per call); on a GPU large blocks keep launches few.
 CHUNK_BUDGET_BYTES = 256 * 2**20
+CPU_CHUNK_BUDGET_BYTES = 8 * 2**20
+# Below this many src rows per GEMM, batched GEMMs get inefficient: take fewer groups instead.
+MIN_CHUNK_ROWS = 256
 
 
 def _check(src: Tensor, dst: Tensor, metric: str) -> None:
@@ -75,8 +79,9 @@ def nearest_dst_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Chunked PyTorch implementation of :func:`nearest_dst` (any device).
 
-    At most about ``budget_bytes`` of fp32 distances exist at once: src rows (and, when one
-    src row over all groups already exceeds the budget, groups) are processed in chunks.
+    At most about ``budget_bytes`` of fp32 distances exist at once (default: 8 MiB on CPU,
+    256 MiB elsewhere): groups and src rows are processed in blocks, at least
+    ``MIN_CHUNK_ROWS`` src rows per block where the budget allows.
     """
     _check(src, dst, metric)
     lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
@@ -87,8 +92,10 @@ def nearest_dst_chunked(
     idx = torch.empty(g, ns, dtype=torch.int64, device=src.device)
     if g == 0 or ns == 0:
         return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
-    budget = max(1, (CHUNK_BUDGET_BYTES if budget_bytes is None else budget_bytes) // 4)
-    gblock = min(g, max(1, budget // nd))
+    if budget_bytes is None:
+        budget_bytes = CPU_CHUNK_BUDGET_BYTES if src.device.type == "cpu" else CHUNK_BUDGET_BYTES
+    budget = max(1, budget_bytes // 4)
+    gblock = min(g, max(1, budget // (nd * min(ns, MIN_CHUNK_ROWS))))
     chunk = min(ns, max(1, budget // (gblock * nd)))
     for g0 in range(0, g, gblock):
         g1 = min(g, g0 + gblock)

@@ -356,7 +356,7 @@ def bench_model(
         shape = (preset.batch, preset.heads, preset.video_tokens, preset.head_dim)
         matching = time_matching(
             shape, preset.grid, asym_config.stride, asym_config.kv_ratio, asym_config.metric,
-            preset.dtype, device, repeats=max(3, preset.repeats),
+            preset.dtype, device, repeats=10,
         )
         sites = attention_sites_matched(asym_config, preset.layers)
         matching["sites_per_refresh"] = sites

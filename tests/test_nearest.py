@@ -20,7 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asymrnr_fx import triton_nearest
-from asymrnr_fx.nearest import CHUNK_BUDGET_BYTES, nearest_dst, nearest_dst_chunked
+from asymrnr_fx.nearest import (
+    CHUNK_BUDGET_BYTES,
+    CPU_CHUNK_BUDGET_BYTES,
+    nearest_dst,
+    nearest_dst_chunked,
+)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OP = torch.ops.asymrnr.nearest_dst.default
@@ -144,11 +149,15 @@ def test_chunk_blocks_stay_within_budget(monkeypatch):
     budget = 4 * 1000  # 1000 fp32 distances
     assert_nearest(*nearest_dst_chunked(src, dst, "l2", budget_bytes=budget), src, dst, "l2")
     assert seen and max(seen) <= 1000 and sum(seen) == 6 * 100 * 30
-    # A budget below one row per group falls back to one group and one row at a time.
+    # Blocks prefer many rows of few groups over few rows of many groups.
+    seen.clear()
+    nearest_dst_chunked(src, dst, "l2", budget_bytes=4 * 30 * 100)
+    assert max(seen) == 30 * 100  # one whole group per block, not six groups of 16 rows
+    # A budget below one row of one group still makes progress, one row at a time.
     seen.clear()
     nearest_dst_chunked(src, dst, "l2", budget_bytes=8)
     assert max(seen) == 30
-    assert CHUNK_BUDGET_BYTES >= 2**20
+    assert CHUNK_BUDGET_BYTES >= CPU_CHUNK_BUDGET_BYTES >= 2**20
 
 
 @pytest.mark.parametrize(
