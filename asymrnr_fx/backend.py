@@ -65,6 +65,11 @@ def _inner_compiler(inner: str, patches: dict[str, Any]) -> CompileFn:
     raise ValueError(f"inner={inner!r} is invalid: choose 'inductor' or 'eager'")
 
 
+# Dynamo names placeholders after their source: `L_timestep_` -> `l_timestep_`.
+TIMESTEP_INPUT = r"(^|_)timestep_?$"
+TEMB_INPUT = r"(^|_)temb_?$"
+
+
 def _input_index(gm: fx.GraphModule, pattern: str) -> int | None:
     for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         if re.search(pattern, node.name, flags=re.IGNORECASE):
@@ -82,8 +87,8 @@ class GraphRunner:
         self.config = config
         self.compile_graph = compile_graph
         self.compiled: dict[tuple[Any, str], Callable[..., Any]] = {}
-        self.timestep_index = _input_index(gm, r"(^|_)timestep_?$")
-        self.temb_index = None if self.timestep_index is not None else _input_index(gm, r"(^|_)temb_?$")
+        self.timestep_index = _input_index(gm, TIMESTEP_INPUT)
+        self.temb_index = None if self.timestep_index is not None else _input_index(gm, TEMB_INPUT)
         self._schedule = None
 
     # -- ratios -----------------------------------------------------------------------------
@@ -94,6 +99,12 @@ class GraphRunner:
         if config.schedule is not None:
             schedule = self._resolved_schedule()
             num_steps = DISPATCHER.num_steps or config.num_steps or schedule.num_steps
+            seen = DISPATCHER.sites_per_forward
+            if seen is not None and seen != schedule.num_layers:
+                raise ValueError(
+                    f"schedule has num_layers={schedule.num_layers} but the model runs {seen} "
+                    "attention sites per forward: build the schedule for this model"
+                )
             if first_layer + count > schedule.num_layers:
                 raise ValueError(
                     f"schedule has num_layers={schedule.num_layers} but the model runs more "
@@ -210,6 +221,19 @@ class GraphRunner:
         return all(e.keep.device == device for e in entries)
 
 
+def _track_steps(gm: fx.GraphModule, compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """A graph without sites still reports the timestep (it may be the only one that sees it)."""
+    timestep_index = _input_index(gm, TIMESTEP_INPUT)
+    if timestep_index is None:
+        return compiled
+
+    def run(*args: Any) -> Any:
+        DISPATCHER.on_timestep(args[timestep_index])
+        return compiled(*args)
+
+    return run
+
+
 def _describe(sites: list[AttentionSite]) -> str:
     rewritten = sum(s.rewritable for s in sites)
     return f"{rewritten} of {len(sites)} attention sites rewritten"
@@ -235,8 +259,10 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Asym
                 f"grid={config.grid} ({math.prod(config.grid)} video tokens) matches no attention "
                 f"sequence of the graph ({too_short[0].reason}); fix grid, or leave it None to infer it"
             )
-    if not runner_sites or config.is_identity:
+    if config.is_identity:
         return compile_graph(gm, example_inputs)
+    if not runner_sites:
+        return _track_steps(gm, compile_graph(gm, example_inputs))
     runner = GraphRunner(gm, sites, config, compile_graph)
     runner.all_sites = sites
     return runner
