@@ -7,9 +7,13 @@
 from .backend import backend
 from .config import AsymRnRConfig
 from .dispatcher import DISPATCHER, StepCallback, step
+from .pipeline import apply, remove
 from .schedule import Schedule
 
-__all__ = ["backend", "AsymRnRConfig", "Schedule", "DISPATCHER", "StepCallback", "step", "reset"]
+__all__ = [
+    "backend", "AsymRnRConfig", "Schedule", "DISPATCHER", "StepCallback", "step", "reset",
+    "apply", "remove",
+]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,49 @@
+"""apply(pipe) / remove(pipe) on a pipeline-shaped object with a real diffusers scheduler."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+import asymrnr_fx
+from asymrnr_fx.dispatcher import DISPATCHER
+from asymrnr_fx.pipeline import apply, remove
+from asymrnr_fx.tiny_models import build_tiny
+
+
+def _generate(pipe: SimpleNamespace, inputs: dict, steps: int) -> torch.Tensor:
+    pipe.scheduler.set_timesteps(steps)
+    latents = inputs["hidden_states"]
+    for t in pipe.scheduler.timesteps:
+        noise = pipe.transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(1)})[0]
+        latents = pipe.scheduler.step(noise, t, latents).prev_sample
+    return latents
+
+
+def test_apply_tracks_generations_from_the_scheduler_and_remove_undoes_it() -> None:
+    tiny = build_tiny("wan", batch=1)
+    pipe = SimpleNamespace(transformer=tiny.model, scheduler=DDIMScheduler())
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = _generate(pipe, tiny.inputs, 4)
+        apply(pipe, kv_ratio=0.5, cache_interval=2, inner="eager")
+        with pytest.raises(ValueError, match="already applied"):
+            apply(pipe)
+        first = _generate(pipe, tiny.inputs, 4)
+        second = _generate(pipe, tiny.inputs, 4)  # same timesteps again: a new generation
+        assert DISPATCHER.num_steps == 4 and DISPATCHER.step == 3
+        assert DISPATCHER.stats["generations"] == 2
+        assert DISPATCHER.refresh_steps == [0, 2, 0, 2]
+        torch.testing.assert_close(first, second)
+        assert not torch.equal(first, eager)
+        remove(pipe)
+        assert "set_timesteps" not in vars(pipe.scheduler)
+        torch.testing.assert_close(_generate(pipe, tiny.inputs, 4), eager)
+
+
+def test_apply_rejects_objects_without_a_transformer() -> None:
+    with pytest.raises(ValueError, match="transformer"):
+        asymrnr_fx.pipeline.apply(SimpleNamespace(unet=None))
