@@ -274,8 +274,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pipe = _load_pipeline(args.model, args.download, device, dtype)
     loaded = time.perf_counter() - start
-    pipe.transformer = torch.compile(
-        pipe.transformer, backend="inductor" if config is None else asymrnr_fx.backend(config))
+    if config is None:
+        pipe.transformer = torch.compile(pipe.transformer, backend="inductor")
+    else:  # compiles in place and takes step counts from the pipeline's scheduler
+        asymrnr_fx.apply(pipe, config)
     kwargs: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps}
     for key, name in (("height", "height"), ("width", "width"), ("frames", "num_frames"),
                       ("guidance", "guidance_scale")):
