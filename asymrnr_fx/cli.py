@@ -116,9 +116,12 @@ def _load_pipeline(model: str, allow_download: bool, device: str, dtype):
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot load a diffusers pipeline from {model!r}: {_one_line(exc)}") from None
+        pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except Exception as exc:  # a broken or foreign folder fails in many ways: one line each
+        if os.environ.get("ASYMRNR_DEBUG") == "1":
+            raise
+        raise CLIError(f"cannot load a diffusers pipeline from {model!r}: "
+                       f"{type(exc).__name__}: {_one_line(exc)}") from None
     return pipe.to(device)
 
 
@@ -225,8 +228,8 @@ def _generate_small(args: argparse.Namespace, config) -> int:
         raise CLIError("the small model has a fixed clip size: drop --height/--width/--frames", 2)
     prompt = args.prompt or "red circle right stripes still"
     # The baseline is plain Inductor: the speed AsymRnR is measured against.
-    runner = torch.compile(model, backend="inductor" if config is None
-                           else asymrnr_fx.backend(config))
+    runner = torch.compile(model, backend=args.inner if config is None
+                           else asymrnr_fx.backend(config, inner=args.inner))
 
     def run():  # noqa: ANN202
         asymrnr_fx.reset()
@@ -237,7 +240,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     out = Path(args.out or "asymrnr_video.gif")
     frames = sampling.to_uint8(clip).repeat(4, axis=1).repeat(4, axis=2)
     out = _write_frames(list(frames), out, fps=args.fps)
-    what = "baseline (inductor)" if config is None else "asymrnr"
+    what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"{what}: {args.steps} steps in {seconds:.2f} s; wrote {out}")
     if config is not None:
         print(f"dispatcher stats: {dict(asymrnr_fx.DISPATCHER.stats)}")
@@ -275,14 +278,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args.model, args.download, device, dtype)
     loaded = time.perf_counter() - start
     if config is None:
-        pipe.transformer = torch.compile(pipe.transformer, backend="inductor")
+        pipe.transformer = torch.compile(pipe.transformer, backend=args.inner)
     else:  # compiles in place and takes step counts from the pipeline's scheduler
-        asymrnr_fx.apply(pipe, config)
+        asymrnr_fx.apply(pipe, config, inner=args.inner)
     kwargs: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps}
     for key, name in (("height", "height"), ("width", "width"), ("frames", "num_frames"),
                       ("guidance", "guidance_scale")):
         if getattr(args, key) is not None:
             kwargs[name] = getattr(args, key)
+    kwargs.update(dict(args.arg))
 
     def run():  # noqa: ANN202
         asymrnr_fx.reset()
@@ -292,7 +296,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result, seconds = _timed_runs(run, args.warmup)
     frames = result.frames[0]
     out = _write_frames(frames, Path(args.out or "asymrnr_video.mp4"), fps=args.fps)
-    what = "baseline (inductor)" if config is None else "asymrnr"
+    what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
           f"{seconds:.1f} s; wrote {out}")
     if config is not None:
@@ -355,9 +359,10 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
             return {}
 
         set_step(0)
-        pipe(prompt=args.prompt[0], num_inference_steps=args.steps, height=args.height,
-             width=args.width, num_frames=args.frames, callback_on_step_end=on_step_end,
-             generator=torch.Generator(device).manual_seed(args.seed), output_type="latent")
+        pipe(**{"prompt": args.prompt[0], "num_inference_steps": args.steps,
+                "height": args.height, "width": args.width, "num_frames": args.frames,
+                "callback_on_step_end": on_step_end, "output_type": "latent",
+                "generator": torch.Generator(device).manual_seed(args.seed), **dict(args.arg)})
 
     return {"model": pipe.transformer, "sample": sample,
             "grid": _latent_grid(pipe, args.height, args.width, args.frames),
@@ -446,6 +451,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--warmup", action="store_true",
                    help="run once untimed first, so the reported time excludes compilation")
+    p.add_argument("--inner", default="inductor", choices=("inductor", "eager"),
+                   help="compiler behind AsymRnR and for the baseline (default inductor)")
     _common_model_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -481,7 +488,20 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _pipeline_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a plain string, e.g. negative_prompt=blurry
+
+
 def _common_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arg", type=_pipeline_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra pipeline call argument (JSON value or string), repeatable, "
+                   "e.g. --arg max_sequence_length=226")
     p.add_argument("--download", action="store_true",
                    help="allow downloading a Hub model that is not cached (default: offline)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")

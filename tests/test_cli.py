@@ -138,3 +138,51 @@ def test_latent_grid(names, patch, patch_t, frames, hw, grid) -> None:
                            transformer=SimpleNamespace(config={"patch_size": patch,
                                                                "patch_size_t": patch_t}))
     assert _latent_grid(pipe, hw[0], hw[1], frames) == grid
+
+
+def _tiny_pipeline_folder(path) -> None:
+    """A randomly initialised CogVideoX pipeline saved to ``path`` (a local model folder)."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from asymrnr_fx.tiny_models import build_tiny
+
+    words = "a red cat on the blue moon".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                        eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=16, d_model=32, d_kv=8, d_ff=64,
+                                           num_layers=1, num_heads=2)).eval()
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 2,
+        up_block_types=("CogVideoXUpBlock3D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                      transformer=build_tiny("cogvideox").model,
+                      scheduler=CogVideoXDDIMScheduler()).save_pretrained(path)
+
+
+def test_pipeline_folder_calibrate_then_generate(tmp_path, capsys, no_network) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    folder = tmp_path / "pipe"
+    _tiny_pipeline_folder(folder)
+    size = ["--height", "16", "--width", "16", "--frames", "5", "--arg", "max_sequence_length=8",
+            "--arg", "guidance_scale=1.0", "--steps", "4", "--cpu"]
+    sched = tmp_path / "s.json"
+    assert main(["calibrate", "--model", str(folder), "--prompt", "a red cat", "--target", "0.3",
+                 "--out", str(sched), *size]) == 0
+    assert Schedule.load(sched).num_layers == 2  # the tiny transformer's two sites
+    capsys.readouterr()
+    gif = tmp_path / "v.gif"
+    assert main(["generate", "--model", str(folder), "--prompt", "a red cat", "--schedule",
+                 str(sched), "--inner", "eager", "--out", str(gif), *size]) == 0
+    out = capsys.readouterr().out
+    assert "asymrnr: 4 steps" in out and "'compiles': " in out
+    frames = Image.open(gif)
+    assert frames.n_frames > 1
