@@ -1,7 +1,8 @@
 """Generate clips with the small trained video transformer, and write them as GIF/PNG.
 
 The model is the real diffusers ``CogVideoXTransformer3DModel`` trained in pixel space
-with rectified flow (see :mod:`asymrnr_fx.train`); sampling integrates it with diffusers'
+with rectified flow to predict the clean clip (see :mod:`asymrnr_fx.train`); sampling
+turns each prediction into a velocity and integrates it with diffusers'
 ``FlowMatchEulerDiscreteScheduler``. The transformer is always called as
 ``model(hidden_states=..., encoder_hidden_states=..., timestep=..., return_dict=False)``
 with one timestep value per step, so a ``torch.compile``'d model (whose backend tracks
@@ -109,10 +110,13 @@ def generate(
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
         model_in = torch.cat([latents, latents]) if cfg else latents
         timestep = t.to(torch.float32).expand(model_in.shape[0])
-        velocity = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
+        x0 = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
         if cfg:
-            cond_v, uncond_v = velocity.chunk(2)
-            velocity = uncond_v + guidance_scale * (cond_v - uncond_v)
+            cond_x0, uncond_x0 = x0.chunk(2)
+            x0 = uncond_x0 + guidance_scale * (cond_x0 - uncond_x0)
+        # The model predicts the clean clip; the scheduler integrates the velocity.
+        sigma = float(t) / scheduler.config.num_train_timesteps
+        velocity = (latents - x0) / max(sigma, 1e-3)
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     return latents.clamp(-1, 1)
 

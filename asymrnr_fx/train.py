@@ -1,8 +1,9 @@
 """Train the small CogVideoX transformer on the procedural clips of :mod:`asymrnr_fx.data`.
 
-Pixel-space rectified flow (no VAE): ``x_t = (1 - s) x_0 + s noise``, the model predicts
-the velocity ``noise - x_0`` at timestep ``1000 s``, which is what diffusers'
-``FlowMatchEulerDiscreteScheduler`` integrates at sampling time.
+Pixel-space rectified flow (no VAE): ``x_t = (1 - s) x_0 + s noise``. The model predicts
+the clean clip ``x_0`` at timestep ``1000 s`` (x-prediction, trained with the velocity
+loss); sampling turns it into the velocity ``(x_t - x_0) / s`` that diffusers'
+``FlowMatchEulerDiscreteScheduler`` integrates.
 
     python -m asymrnr_fx.train --out asymrnr_fx/weights/shapes-cogvideox --minutes 60
 
@@ -112,8 +113,11 @@ def train(
         sigma = _sample_sigmas(batch, gen)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        x0_hat = model(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000, return_dict=False)[0]
+        # x-prediction with the loss taken on the implied velocity (x_t - x0_hat) / s, whose
+        # target is noise - x0: the network outputs clean clips (no noise to pass through
+        # at high noise levels), while low noise levels keep their weight.
+        loss = ((x0_hat - x0) / s.clamp(min=0.05)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
