@@ -90,6 +90,7 @@ class GraphRunner:
         self.timestep_index = _input_index(gm, TIMESTEP_INPUT)
         self.temb_index = None if self.timestep_index is not None else _input_index(gm, TEMB_INPUT)
         self._schedule = None
+        self._plans: dict[tuple[tuple[float, float], ...], tuple[SitePlan, ...]] = {}
 
     # -- ratios -----------------------------------------------------------------------------
 
@@ -137,7 +138,14 @@ class GraphRunner:
         return self._schedule
 
     def plans(self, ratios: list[tuple[float, float]]) -> tuple[SitePlan, ...]:
-        """Kept counts per site for these ratios (the phase key)."""
+        """Kept counts per site for these ratios (the phase key); memoized per ratio vector."""
+        key = tuple(ratios)
+        plans = self._plans.get(key)
+        if plans is None:
+            plans = self._plans[key] = self._make_plans(ratios)
+        return plans
+
+    def _make_plans(self, ratios: list[tuple[float, float]]) -> tuple[SitePlan, ...]:
         config = self.config
         plans = []
         for site, (q, kv) in zip(self.sites, ratios, strict=False):
@@ -165,7 +173,6 @@ class GraphRunner:
         if compiled is None:
             if plans is None:
                 compiled = self.compile_graph(self.gm, list(args))
-                self.specs = {}
             else:
                 result = rewrite_attention(self.gm, list(plans), variant)
                 example = list(args)
@@ -173,8 +180,6 @@ class GraphRunner:
                     example += [torch.zeros(s.shape, dtype=torch.long, device=self._device(args))
                                 for s in result.index_specs]
                 compiled = self.compile_graph(result.gm, example)
-                self._index_specs = getattr(self, "_index_specs", {})
-                self._index_specs[key] = result.index_specs
             self.compiled[key] = compiled
             DISPATCHER.stats["compiles"] += 1
         return compiled

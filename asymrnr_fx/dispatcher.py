@@ -58,7 +58,9 @@ class Dispatcher:
         self.num_steps: int | None = None
         self.layer_cursor = 0
         self.sites_per_forward: int | None = None
-        self.cache: dict[tuple[int, str], CacheEntry] = {}
+        # (layer, component, branch): branch tells apart the forwards of one step (CFG in two
+        # calls), so each keeps the indices matched on its own activations.
+        self.cache: dict[tuple[int, str, int], CacheEntry] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
         self._manual = False
@@ -90,6 +92,7 @@ class Dispatcher:
         self._manual = True
         self.step = step
         self.layer_cursor = 0
+        self._forwards_in_step = 0
 
     def _advance(self) -> None:
         self.step += 1
@@ -109,31 +112,27 @@ class Dispatcher:
 
     def on_timestep(self, timestep: torch.Tensor) -> None:
         """A forward with this ``timestep`` input starts."""
-        self._start_forward()
-        if self._manual:
-            return
-        value = float(timestep.reshape(-1)[0]) if timestep.numel() else 0.0
-        last = self._last_timestep
-        if last is None or value > last:
-            if last is not None:
+        if not self._manual:
+            value = float(timestep.reshape(-1)[0]) if timestep.numel() else 0.0
+            last = self._last_timestep
+            if last is not None and value > last:
                 self.begin_generation(self.num_steps)
-            self._advance()
-        elif value != last:
-            self._advance()
-        self._last_timestep = value
+            if last is None or value != last:
+                self._advance()
+            self._last_timestep = value
+        self._start_forward()
 
     def on_temb(self, temb: torch.Tensor) -> None:
         """A repeated block receives ``temb``; a new tensor object is a new forward."""
         if self._temb_ref is not None and self._temb_ref() is temb:
             return
         self._temb_ref = weakref.ref(temb)
+        if not self._manual:
+            previous = self._temb_value
+            if previous is None or previous.shape != temb.shape or not torch.equal(previous, temb):
+                self._advance()
+            self._temb_value = temb.detach().clone()
         self._start_forward()
-        if self._manual:
-            return
-        previous = self._temb_value
-        if previous is None or previous.shape != temb.shape or not torch.equal(previous, temb):
-            self._advance()
-        self._temb_value = temb.detach().clone()
 
     def claim_layers(self, count: int) -> tuple[int, int]:
         """Reserve ``count`` consecutive layer indices of this forward: ``(step, first)``."""
@@ -143,6 +142,11 @@ class Dispatcher:
         self.layer_cursor += count
         return self.step, first
 
+    @property
+    def branch(self) -> int:
+        """Which forward of the current step this is (0, or 1 for the second CFG call)."""
+        return max(self._forwards_in_step - 1, 0)
+
     def is_refresh_step(self, step: int, interval: int) -> bool:
         return step % interval == 0
 
@@ -150,13 +154,13 @@ class Dispatcher:
 
     def lookup(self, layer: int, component: str, key: Any) -> CacheEntry | None:
         """Cached indices of (layer, component) if computed for exactly ``key``."""
-        entry = self.cache.get((layer, component))
+        entry = self.cache.get((layer, component, self.branch))
         if entry is None or entry.key != key:
             return None
         return entry
 
     def store(self, layer: int, component: str, key: Any, keep: torch.Tensor, restore: torch.Tensor) -> None:
-        self.cache[(layer, component)] = CacheEntry(key, keep, restore, self.step)
+        self.cache[(layer, component, self.branch)] = CacheEntry(key, keep, restore, self.step)
 
 
 DISPATCHER = Dispatcher()

@@ -131,6 +131,8 @@ def infer_layout(
     if text_len == 0:
         return SequenceLayout(0, video_len, token_grid, 0, not one_d)
     side = text_side
+    if side is None and text_len == video_len:
+        return f"text and video are both {video_len} tokens: cannot tell which is which (set text_side)"
     if side is None:
         pieces = _sequence_pieces(query, seq_len)
         if pieces == [text_len, video_len]:

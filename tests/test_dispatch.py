@@ -90,6 +90,8 @@ def test_cfg_in_one_batch_and_in_two_calls_count_the_same_steps() -> None:
                 seen.append(DISPATCHER.step)
         steps_seen[style] = seen
         assert DISPATCHER.refresh_steps == [0, 3]
+        # Each CFG call keeps the indices matched on its own activations.
+        assert {branch for _, _, branch in DISPATCHER.cache} == ({0} if style == "one-batch" else {0, 1})
     assert steps_seen["one-batch"] == steps_seen["two-calls"] == [0, 1, 2, 3, 4]
 
 
@@ -108,7 +110,7 @@ def test_regional_compilation_honours_per_layer_ratios() -> None:
         with torch.no_grad():
             for t in (900, 800):
                 outputs[style] = model(**{**tiny.inputs, "timestep": torch.full((1,), t)})[0]
-        assert sorted(DISPATCHER.cache) == [(0, "kv")]  # layer 0 cut, layer 1 untouched
+        assert sorted(DISPATCHER.cache) == [(0, "kv", 0)]  # layer 0 cut, layer 1 untouched
         assert DISPATCHER.step == 1
     torch.testing.assert_close(outputs["whole"], outputs["regional"])
 
