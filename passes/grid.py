@@ -9,12 +9,13 @@ show them, the caller falls back (1-D partition) or leaves the site alone.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+
+from .walk import ancestors
 
 __all__ = ["SequenceLayout", "infer_grid", "infer_layout"]
 
@@ -83,24 +84,16 @@ def infer_grid(graph: fx.Graph) -> tuple[int, int, int] | None:
 
 def _sequence_pieces(query: fx.Node, seq_len: int, max_depth: int = 40) -> list[int] | None:
     """Lengths of the pieces of the concatenation that built the attention sequence."""
-    seen = {query}
-    queue: deque[tuple[fx.Node, int]] = deque([(query, 0)])
-    while queue:
-        node, depth = queue.popleft()
-        if node.op == "call_function" and node.target in _CAT:
-            pieces = node.args[0] if node.args else node.kwargs.get("tensors")
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            out = _shape(node)
-            shapes = [_shape(p) for p in pieces] if isinstance(pieces, (list, tuple)) else [None]
-            if out is not None and None not in shapes and len(shapes) > 1 and isinstance(dim, int):
-                if out[dim] == seq_len:
-                    return [s[dim] for s in shapes]
-        if depth >= max_depth:
+    for node in ancestors(query, max_depth):
+        if node.op != "call_function" or node.target not in _CAT:
             continue
-        for parent in node.all_input_nodes:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append((parent, depth + 1))
+        pieces = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out = _shape(node)
+        shapes = [_shape(p) for p in pieces] if isinstance(pieces, (list, tuple)) else [None]
+        if out is not None and None not in shapes and len(shapes) > 1 and isinstance(dim, int):
+            if out[dim] == seq_len:
+                return [s[dim] for s in shapes]
     return None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .grid import SequenceLayout, infer_grid, infer_layout
+from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "find_sdpa_nodes", "sdpa_arguments", "classify_sites"]
 
@@ -89,21 +89,7 @@ def _projection_sources(node: fx.Node, max_depth: int = 30) -> set[fx.Node]:
     A backward walk that stops at linear layers: query and key of self-attention are
     projections of the same tokens; cross-attention projects different ones.
     """
-    sources: set[fx.Node] = set()
-    seen: set[fx.Node] = {node}
-    queue: deque[tuple[fx.Node, int]] = deque([(node, 0)])
-    while queue:
-        current, depth = queue.popleft()
-        if current is not node and _is_linear(current):
-            sources.add(current.args[0])
-            continue
-        if depth >= max_depth:
-            continue
-        for parent in current.all_input_nodes:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append((parent, depth + 1))
-    return sources
+    return {n.args[0] for n in ancestors(node, max_depth, stop=_is_linear) if n is not node and _is_linear(n)}
 
 
 def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSite:  # noqa: ANN001
