@@ -44,8 +44,10 @@ if [ ! -d .whl ]; then
 fi
 # A venv over the system site-packages sees the system torch (and the system pip, so no
 # ensurepip is needed); requirements the system already satisfies are left alone.
+# (When python3 is itself a venv, the new venv would not see its torch: then the fallback.)
 if python3 -m venv --without-pip --system-site-packages "$VENV" >>"$OUT/install.log" 2>&1 \
-    && "$VENV/bin/python" -m pip --version >>"$OUT/install.log" 2>&1; then
+    && "$VENV/bin/python" -m pip --version >>"$OUT/install.log" 2>&1 \
+    && "$VENV/bin/python" -c "import torch" >>"$OUT/install.log" 2>&1; then
     PY=$VENV/bin/python
     timeout 150 "$PY" -m pip install -q --no-index --find-links .whl "${DEPS[@]}" \
         >>"$OUT/install.log" 2>&1 || { log "dependency install failed (see install.log)"; exit 3; }
