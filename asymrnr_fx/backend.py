@@ -247,7 +247,8 @@ def _describe(sites: list[AttentionSite]) -> str:
 def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: AsymRnRConfig,
                  compile_graph: CompileFn) -> Callable[..., Any]:
     """The callable that replaces ``gm``: plain compile when nothing is to be rewritten."""
-    sites = classify_sites(gm.graph, config.grid, config.text_tokens, config.text_side)
+    sites = classify_sites(gm.graph, config.grid, config.text_tokens, config.text_side,
+                           grid_hint=DISPATCHER.grid_hint)
     for site in sites:
         if not site.rewritable:
             _log_once(f"asymrnr: left {site.node_name} alone: {site.reason}")

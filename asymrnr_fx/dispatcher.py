@@ -63,6 +63,9 @@ class Dispatcher:
         self.cache: dict[tuple[int, str, int], CacheEntry] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
+        # Video token grid of the running forward, set by `apply`'s pre-hook; the pass uses it
+        # only where the graph itself shows none.
+        self.grid_hint: tuple[int, int, int] | None = None
         self._manual = False
         self._last_timestep: float | None = None
         self._temb_ref: weakref.ref | None = None

@@ -16,7 +16,7 @@ from .backend import backend
 from .config import AsymRnRConfig
 from .dispatcher import DISPATCHER
 
-__all__ = ["apply", "remove"]
+__all__ = ["apply", "remove", "latent_grid"]
 
 _STATE = "_asymrnr_state"
 
@@ -29,6 +29,35 @@ def _transformer(pipe: Any) -> torch.nn.Module:
             "or the transformer itself"
         )
     return module
+
+
+def _patch_sizes(config: Any) -> tuple[int, int, int]:
+    patch = config.get("patch_size", 1) or 1
+    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
+        return tuple(int(p) for p in patch)  # type: ignore[return-value]
+    return int(config.get("patch_size_t", 1) or 1), int(patch), int(patch)
+
+
+def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
+    """The video token grid of this call, from the latent shape and the model's patch sizes.
+
+    Used as a hint where the graph does not show the grid (LTX-Video's pre-patchified tokens,
+    or repeated blocks compiled alone); the graph's own evidence wins.
+    """
+    config = getattr(transformer, "config", None)
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if config is None or not isinstance(hidden, torch.Tensor):
+        return None
+    pt, ph, pw = _patch_sizes(config)
+    if hidden.dim() == 5:
+        # CogVideoX lays latents out as (B, F, C, H, W); the others as (B, C, F, H, W).
+        frames = hidden.shape[1] if type(transformer).__name__.startswith("CogVideoX") else hidden.shape[2]
+        height, width = hidden.shape[-2:]
+    elif hidden.dim() == 3 and all(isinstance(kwargs.get(k), int) for k in ("num_frames", "height", "width")):
+        frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
+    else:
+        return None
+    return -(-frames // pt), height // ph, width // pw
 
 
 def apply(
@@ -75,7 +104,11 @@ def apply(
             return result
 
         scheduler.set_timesteps = set_timesteps
-    setattr(transformer, _STATE, {"scheduler": scheduler, "regional": regional})
+    def hint_grid(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        DISPATCHER.grid_hint = latent_grid(module, args, kwargs)
+
+    hook = transformer.register_forward_pre_hook(hint_grid, with_kwargs=True)
+    setattr(transformer, _STATE, {"scheduler": scheduler, "regional": regional, "hook": hook})
     DISPATCHER.reset()
     return pipe
 
@@ -89,6 +122,7 @@ def remove(pipe: Any) -> Any:
     for module in transformer.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
+    state["hook"].remove()
     scheduler = state["scheduler"]
     if scheduler is not None and "set_timesteps" in vars(scheduler):
         del scheduler.set_timesteps

@@ -132,9 +132,14 @@ def classify_sites(
     grid: tuple[int, int, int] | None = None,
     text_tokens: int | None = None,
     text_side: str | None = None,
+    grid_hint: tuple[int, int, int] | None = None,
 ) -> list[AttentionSite]:
-    """Classify every attention site of ``graph``; explicit grid/text settings win over inference."""
-    inferred_grid = grid if grid is not None else infer_grid(graph)
+    """Classify every attention site of ``graph``.
+
+    The grid is, in order: ``grid`` (explicit), the graph's patch embedding, ``grid_hint``
+    (e.g. from the model's config and input shape), else a 1-D partition per site.
+    """
+    inferred_grid = grid or infer_grid(graph) or grid_hint
 
     def layout_for(node: fx.Node, query: fx.Node, seq_len: int) -> SequenceLayout | str:
         return infer_layout(query, seq_len, inferred_grid, text_tokens, text_side)

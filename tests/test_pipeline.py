@@ -47,3 +47,25 @@ def test_apply_tracks_generations_from_the_scheduler_and_remove_undoes_it() -> N
 def test_apply_rejects_objects_without_a_transformer() -> None:
     with pytest.raises(ValueError, match="transformer"):
         asymrnr_fx.pipeline.apply(SimpleNamespace(unet=None))
+
+
+@pytest.mark.parametrize("name", ["cogvideox", "hunyuanvideo", "wan", "ltxvideo", "mochi"])
+def test_latent_grid_hint_matches_the_token_grid(name: str) -> None:
+    from asymrnr_fx.pipeline import latent_grid
+
+    tiny = build_tiny(name, batch=1)
+    assert latent_grid(tiny.model, (), tiny.inputs) == tiny.grid
+
+
+def test_apply_gives_ltx_its_3d_grid() -> None:
+    tiny = build_tiny("ltxvideo", batch=1)
+    pipe = SimpleNamespace(transformer=tiny.model, scheduler=DDIMScheduler())
+    torch._dynamo.reset()
+    apply(pipe, kv_ratio=0.5, inner="eager")
+    try:
+        with torch.no_grad():
+            pipe.transformer(**tiny.inputs)
+        (plan,) = {entry.key.layout for entry in DISPATCHER.cache.values()}
+        assert plan.grid == tiny.grid and plan.grid_inferred
+    finally:
+        remove(pipe)
