@@ -79,6 +79,10 @@ import diffusers, asymrnr_fx.passes  # noqa: F401 - the install works
 info["diffusers"] = diffusers.__version__
 print(json.dumps(info))
 EOF
+if [ ! -s "$OUT/env.json" ]; then
+    log "torch / diffusers / asymrnr_fx do not import (see install.log)"
+    exit 4
+fi
 log "environment: $(cat "$OUT/env.json")"
 
 # -- 2. kernel tests ------------------------------------------------------------------------
