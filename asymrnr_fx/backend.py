@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -171,6 +172,7 @@ class GraphRunner:
         key = (plans, variant)
         compiled = self.compiled.get(key)
         if compiled is None:
+            start = time.perf_counter()
             if plans is None:
                 compiled = self.compile_graph(self.gm, list(args))
             else:
@@ -182,6 +184,7 @@ class GraphRunner:
                 compiled = self.compile_graph(result.gm, example)
             self.compiled[key] = compiled
             DISPATCHER.stats["compiles"] += 1
+            DISPATCHER.compile_log.append((variant, time.perf_counter() - start))
         return compiled
 
     @staticmethod

@@ -63,6 +63,7 @@ class Dispatcher:
         self.cache: dict[tuple[int, str, int], CacheEntry] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
+        self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per phase compile
         # Video token grid of the running forward, set by `apply`'s pre-hook; the pass uses it
         # only where the graph itself shows none.
         self.grid_hint: tuple[int, int, int] | None = None
