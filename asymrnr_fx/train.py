@@ -75,11 +75,18 @@ def train(
     save_every: int,
     warmup: int,
     command: str,
+    init: Path | None = None,
+    seed_offset: int = 0,
+    model_overrides: dict | None = None,
 ) -> dict:
     """Run training; returns a summary (steps done, final smoothed loss, seconds)."""
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model().train()
+    model = build_model(**(model_overrides or {})).train()
+    if init is not None:  # continue from saved weights (a fresh optimizer and LR schedule)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(init) / "diffusion_pytorch_model.safetensors")))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -105,7 +112,7 @@ def train(
     step = 0
     for step in bar:
         # Clip seeds never repeat within a run: every step sees fresh clips.
-        seeds = [seed * 10_000_000 + step * batch + i for i in range(batch)]
+        seeds = [seed * 10_000_000 + seed_offset + step * batch + i for i in range(batch)]
         x0, conds = make_batch(seeds, frames=FRAMES, size=SIZE)
         drop = torch.rand(batch, generator=gen) < cond_dropout
         text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
@@ -154,13 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--patch-size", type=int, default=MODEL_CONFIG["patch_size"],
+                   help="spatial patch size (2: 16x16 tokens per frame, 4: 8x8)")
+    p.add_argument("--init", type=Path, default=None, help="start from the weights in this folder")
+    p.add_argument("--first-seed-offset", type=int, default=0,
+                   help="skip this many clips (continue a run on fresh clips)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m asymrnr_fx.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     summary = train(
         args.out, steps=args.steps, minutes=args.minutes, batch=args.batch, lr=args.lr, seed=args.seed,
         ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, save_every=args.save_every,
-        warmup=args.warmup, command=command,
+        warmup=args.warmup, command=command, init=args.init, seed_offset=args.first_seed_offset,
+        model_overrides={"patch_size": args.patch_size},
     )
     print(json.dumps(summary, indent=2))
     return 0
