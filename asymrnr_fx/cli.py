@@ -51,6 +51,21 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int, int]]:
+    """The shipped small model (or ``--weights``) and its clip geometry; one-line errors."""
+    import torch
+
+    from . import sampling
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = sampling.load_small_model(args.weights)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot load the small model: {_one_line(exc)}") from None
+    return model, sampling.clip_geometry(model)
+
+
 # ------------------------------------------------------------------------------ show
 def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
     from .presets import PRESETS, get_preset
@@ -217,13 +232,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
 
     from . import sampling
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        model = sampling.load_small_model(args.weights)
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot load the small model: {_one_line(exc)}") from None
-    geometry = sampling.clip_geometry(model)
+    model, geometry = _load_small_model(args)
     if any(v is not None for v in (args.height, args.width, args.frames)):
         raise CLIError("the small model has a fixed clip size: drop --height/--width/--frames", 2)
     prompt = args.prompt or "red circle right stripes still"
@@ -324,13 +333,7 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
         from .data import TEXT_TOKENS
         from .demo import DEFAULT_PROMPTS
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            model = sampling.load_small_model(args.weights)
-        except (OSError, ValueError) as exc:
-            raise CLIError(f"cannot load the small model: {_one_line(exc)}") from None
-        geometry = sampling.clip_geometry(model)
+        model, geometry = _load_small_model(args)
         cfg = model.config
         grid = (geometry[0], cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
         prompts = args.prompt or list(DEFAULT_PROMPTS)
