@@ -84,6 +84,7 @@ class GraphRunner:
     def __init__(self, gm: fx.GraphModule, sites: list[AttentionSite], config: AsymRnRConfig,
                  compile_graph: CompileFn) -> None:
         self.gm = gm
+        self.all_sites = sites
         self.sites = [s for s in sites if s.rewritable]
         self.config = config
         self.compile_graph = compile_graph
@@ -272,9 +273,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Asym
         return compile_graph(gm, example_inputs)
     if not runner_sites:
         return _track_steps(gm, compile_graph(gm, example_inputs))
-    runner = GraphRunner(gm, sites, config, compile_graph)
-    runner.all_sites = sites
-    return runner
+    return GraphRunner(gm, sites, config, compile_graph)
 
 
 def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fields: Any) -> Callable[..., Any]:
