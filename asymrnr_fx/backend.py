@@ -21,7 +21,7 @@ import torch.fx as fx
 
 from .config import AsymRnRConfig
 from .dispatcher import DISPATCHER
-from .ops import kept_count
+from .ops import dst_count, kept_count
 from .passes.rewrite import SitePlan, rewrite_attention
 from .passes.sites import AttentionSite, classify_sites
 
@@ -152,8 +152,7 @@ class GraphRunner:
         plans = []
         for site, (q, kv) in zip(self.sites, ratios, strict=False):
             layout = site.layout
-            stride = config.stride if layout.grid_inferred else (math.prod(config.stride), 1, 1)
-            num_dst = math.prod(g // min(s, g) for g, s in zip(layout.grid, stride, strict=False))
+            num_dst = dst_count(layout.grid, layout.partition_stride(config.stride))
             if config.symmetric:
                 q = kv = max(q, kv)
             q_keep = kept_count(layout.video_len, q, num_dst) if q > 0 else None

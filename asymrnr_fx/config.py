@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .schedule import check_ratio
+
 if TYPE_CHECKING:
     from .schedule import Schedule
 
@@ -28,11 +30,6 @@ _CHOICES = {
     "match_mode": ("similarity", "random", "strided"),
     "text_side": (None, "before", "after"),
 }
-
-
-def _check_ratio(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0):
-        raise ValueError(f"{name}={value!r} is out of range: a ratio is a float in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -82,13 +79,13 @@ class AsymRnRConfig:
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_ratio("kv_ratio", self.kv_ratio)
-        _check_ratio("q_ratio", self.q_ratio)
+        check_ratio("kv_ratio", self.kv_ratio)
+        check_ratio("q_ratio", self.q_ratio)
         if self.layer_ratios is not None:
             ratios = tuple((float(q), float(kv)) for q, kv in self.layer_ratios)
             for i, (q, kv) in enumerate(ratios):
-                _check_ratio(f"layer_ratios[{i}].q", q)
-                _check_ratio(f"layer_ratios[{i}].kv", kv)
+                check_ratio(f"layer_ratios[{i}].q", q)
+                check_ratio(f"layer_ratios[{i}].kv", kv)
             object.__setattr__(self, "layer_ratios", ratios)
         stride = tuple(self.stride)
         if len(stride) != 3 or any(not isinstance(s, int) or s < 1 for s in stride):

@@ -174,10 +174,7 @@ DISPATCHER = Dispatcher()
 def step(index: int, num_steps: int | None = None) -> Iterator[None]:
     """Run the enclosed forward(s) as denoising step ``index`` (explicit override)."""
     DISPATCHER.set_step(index, num_steps)
-    try:
-        yield
-    finally:
-        pass
+    yield
 
 
 class StepCallback:

@@ -13,6 +13,7 @@ Reduction is a gather with ``keep`` (``drop`` merge) or a scatter-add mean over 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 __all__ = [
     "Partition",
     "partition",
+    "dst_count",
     "kept_count",
     "match",
     "static_match",
@@ -59,7 +61,7 @@ def partition(
     along an axis is clamped to the grid (so there is always at least one dst).
     """
     t, h, w = grid
-    st, sh, sw = (min(s, g) for s, g in zip(stride, grid, strict=False))
+    st, sh, sw = _clamped(grid, stride)
     nt, nh, nw = t // st, h // sh, w // sw
     chunk_volume = st * sh * sw
     generator = torch.Generator().manual_seed(seed)
@@ -90,6 +92,15 @@ def partition(
     src_rank_in_chunk = torch.empty_like(rank_sorted)
     src_rank_in_chunk[order] = rank_sorted
     return Partition(*(x.to(device) for x in (dst_idx, src_idx, src_home, src_rank_in_chunk)))
+
+
+def _clamped(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
+    return tuple(min(s, g) for s, g in zip(stride, grid, strict=True))
+
+
+def dst_count(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> int:
+    """Number of dst tokens :func:`partition` draws: one per complete chunk."""
+    return math.prod(g // s for g, s in zip(grid, _clamped(grid, stride), strict=True))
 
 
 def kept_count(num_tokens: int, ratio: float, num_dst: int) -> int:

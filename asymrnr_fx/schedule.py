@@ -60,7 +60,8 @@ def _check_count(name: str, value: Any) -> int:
     return value
 
 
-def _check_ratio(where: str, value: Any) -> float:
+def check_ratio(where: str, value: Any) -> float:
+    """``value`` as a float in [0, 1), else a ValueError naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(f"{where}={value!r} is not a number: a ratio is a float in [0, 1)")
     value = float(value)
@@ -88,7 +89,7 @@ def _table(comp: str, rows: Any, num_layers: int, num_steps: int) -> tuple[tuple
                 f"{comp}[{s}] has {len(row)} ratios but num_layers={num_layers}: "
                 "give one ratio per attention site"
             )
-        out.append(tuple(_check_ratio(f"{comp}[{s}][{i}]", v) for i, v in enumerate(row)))
+        out.append(tuple(check_ratio(f"{comp}[{s}][{i}]", v) for i, v in enumerate(row)))
     return tuple(out)
 
 
@@ -148,8 +149,8 @@ class Schedule:
         """The same ``(q, kv)`` at every layer and step."""
         _check_count("num_layers", num_layers)
         _check_count("num_steps", num_steps)
-        q = _check_ratio("q", q)
-        kv = _check_ratio("kv", kv)
+        q = check_ratio("q", q)
+        kv = check_ratio("kv", kv)
         return cls(
             num_layers, num_steps,
             [[q] * num_layers] * num_steps, [[kv] * num_layers] * num_steps, name=name,
@@ -203,7 +204,7 @@ class Schedule:
             steps = _range(f"rules[{r}].steps", rule.get("steps"), num_steps)
             for comp in COMPONENTS:
                 if comp in rule:
-                    value = _check_ratio(f"rules[{r}].{comp}", rule[comp])
+                    value = check_ratio(f"rules[{r}].{comp}", rule[comp])
                     for s in steps:
                         for i in layers:
                             tables[comp][s][i] = value
@@ -488,7 +489,7 @@ def _threshold_rules(comp: str, rules: Any) -> list[tuple[float, float]]:
             raise _fail(f"{where}={rule!r} is invalid: a pair (min_tier, ratio)")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t):
             raise _fail(f"{where}.min_tier={t!r} is not a number")
-        out.append((float(t), _check_ratio(f"{where}.ratio", r)))
+        out.append((float(t), check_ratio(f"{where}.ratio", r)))
     # Largest threshold first: the first one a tier reaches is the one that applies.
     out.sort(key=lambda tr: -tr[0])
     return out

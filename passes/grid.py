@@ -34,6 +34,11 @@ class SequenceLayout:
     text_len: int
     grid_inferred: bool  # False: 1-D fallback partition over the video tokens
 
+    def partition_stride(self, stride: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The chunk to partition with: ``stride``, or for the 1-D fallback as many
+        consecutive tokens as the 3-D chunk holds."""
+        return stride if self.grid_inferred else (math.prod(stride), 1, 1)
+
     @property
     def text_side(self) -> str | None:
         if self.text_len == 0:

@@ -12,7 +12,6 @@ the *variant* of the rewrite:
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 
@@ -49,10 +48,7 @@ class SitePlan:
 
     @property
     def partition_stride(self) -> tuple[int, int, int]:
-        # 1-D fallback: chunks of as many consecutive tokens as the 3-D chunk holds.
-        if self.layout.grid_inferred:
-            return self.stride
-        return (math.prod(self.stride), 1, 1)
+        return self.layout.partition_stride(self.stride)
 
     def components(self) -> list[str]:
         """Which matchings the site needs: ``shared`` (symmetric), else ``q`` and/or ``kv``."""
@@ -167,8 +163,6 @@ def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], variant: str) -
         if not isinstance(result, (tuple, list)):
             raise ValueError("graph output is not a tuple; cannot append match indices")
         output.args = (tuple(result) + tuple(extra_outputs),)
-    if variant != "reuse":
-        index_specs = index_specs if variant == "refresh" else []
     graph.lint()
     new_gm.recompile()
     return RewriteResult(new_gm, index_specs)
