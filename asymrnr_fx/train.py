@@ -62,6 +62,25 @@ def _sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(torch.randn(batch, generator=generator))
 
 
+HELDOUT_SEEDS = range(900_000_000, 900_000_008)  # never drawn by a training run
+HELDOUT_SIGMAS = (0.2, 0.5, 0.8)
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, frames: int = FRAMES) -> float:
+    """The training loss of ``model`` on 8 fixed held-out clips at noise levels 0.2, 0.5, 0.8."""
+    x0, conds = make_batch(list(HELDOUT_SEEDS), frames=frames, size=SIZE)
+    text = encode_condition(conds)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for sigma in HELDOUT_SIGMAS:
+        xt = (1 - sigma) * x0 + sigma * noise
+        timestep = torch.full((len(x0),), 1000.0 * sigma)
+        x0_hat = model(hidden_states=xt, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
+        losses.append(((x0_hat - x0) / max(sigma, 0.05)).pow(2).mean())
+    return float(torch.stack(losses).mean())
+
+
 def train(
     out: Path,
     *,
@@ -78,6 +97,7 @@ def train(
     init: Path | None = None,
     seed_offset: int = 0,
     model_overrides: dict | None = None,
+    frames: int = FRAMES,
 ) -> dict:
     """Run training; returns a summary (steps done, final smoothed loss, seconds)."""
     torch.manual_seed(seed)
@@ -100,9 +120,17 @@ def train(
     summary: dict = {}
 
     def save(step: int) -> None:
+        # Both the EMA (the checkpoint proper) and the raw weights (under raw/), each with
+        # its held-out loss, so a run can be judged and continued from either.
         ema.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out / "raw", safe_serialization=True)
+        model.eval()
+        losses = {"ema": heldout_loss(ema, frames), "raw": heldout_loss(model, frames)}
+        model.train()
+        tqdm.write(f"step {step}: held-out loss ema {losses['ema']:.4f}, raw {losses['raw']:.4f}", file=sys.stdout)
         summary.update(
-            steps=step, final_loss_ema100=round(float(smooth), 5), seconds=round(time.time() - start),
+            steps=step, final_loss_ema100=round(float(smooth), 5),
+            heldout_loss={k: round(v, 5) for k, v in losses.items()}, seconds=round(time.time() - start),
             batch=batch, lr=lr, seed=seed, ema_decay=ema_decay, cond_dropout=cond_dropout,
             params=sum(p.numel() for p in model.parameters()), command=command,
         )
@@ -113,7 +141,7 @@ def train(
     for step in bar:
         # Clip seeds never repeat within a run: every step sees fresh clips.
         seeds = [seed * 10_000_000 + seed_offset + step * batch + i for i in range(batch)]
-        x0, conds = make_batch(seeds, frames=FRAMES, size=SIZE)
+        x0, conds = make_batch(seeds, frames=frames, size=SIZE)
         drop = torch.rand(batch, generator=gen) < cond_dropout
         text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
         noise = torch.randn(x0.shape, generator=gen)
@@ -163,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--patch-size", type=int, default=MODEL_CONFIG["patch_size"],
                    help="spatial patch size (2: 16x16 tokens per frame, 4: 8x8)")
+    p.add_argument("--frames", type=int, default=FRAMES,
+                   help="frames per training clip (fewer: a cheaper, spatial-only warm-up)")
     p.add_argument("--init", type=Path, default=None, help="start from the weights in this folder")
     p.add_argument("--first-seed-offset", type=int, default=0,
                    help="skip this many clips (continue a run on fresh clips)")
@@ -173,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, steps=args.steps, minutes=args.minutes, batch=args.batch, lr=args.lr, seed=args.seed,
         ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, save_every=args.save_every,
         warmup=args.warmup, command=command, init=args.init, seed_offset=args.first_seed_offset,
-        model_overrides={"patch_size": args.patch_size},
+        model_overrides={"patch_size": args.patch_size}, frames=args.frames,
     )
     print(json.dumps(summary, indent=2))
     return 0
