@@ -166,7 +166,7 @@ def train(
         smooth = value if smooth is None else 0.99 * smooth + 0.01 * value
         log.write(f"{step},{value:.5f},{sched.get_last_lr()[0]:.3e},{time.time() - start:.1f}\n")
         log.flush()
-        bar.set_postfix(loss=f"{smooth:.4f}")
+        bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)  # the bar redraws every mininterval
         if (step + 1) % save_every == 0:
             save(step + 1)
         if minutes is not None and time.time() - start > minutes * 60:
