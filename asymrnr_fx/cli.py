@@ -334,8 +334,7 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
         from .demo import DEFAULT_PROMPTS
 
         model, geometry = _load_small_model(args)
-        cfg = model.config
-        grid = (geometry[0], cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+        grid = sampling.token_grid(model)
         prompts = args.prompt or list(DEFAULT_PROMPTS)
         seeds = [args.seed + i for i in range(len(prompts))]
 

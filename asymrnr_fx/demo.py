@@ -150,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
 
     from .data import TEXT_TOKENS, parse_prompt
     from .metrics import attention_cost, psnr, ssim
-    from .sampling import clip_geometry, load_small_model, save_gif
+    from .sampling import clip_geometry, load_small_model, save_gif, token_grid
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,9 +168,8 @@ def main(args: argparse.Namespace) -> int:
 
     model = load_small_model(args.weights)
     geometry = clip_geometry(model)
-    cfg = model.config
-    num_layers = cfg.num_layers
-    grid = (geometry[0], cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+    num_layers = model.config.num_layers
+    grid = token_grid(model)
     config = _config_from_args(args, num_layers)
     cost = attention_cost(config, num_layers=num_layers, num_steps=args.steps, grid=grid,
                           text_tokens=TEXT_TOKENS)

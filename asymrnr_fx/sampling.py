@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "load_small_model",
     "clip_geometry",
+    "token_grid",
     "make_scheduler",
     "generate",
     "to_uint8",
@@ -47,6 +48,13 @@ def clip_geometry(model: torch.nn.Module) -> tuple[int, int, int, int]:
     cfg = model.config
     frames = (cfg.sample_frames - 1) // cfg.temporal_compression_ratio + 1
     return frames, cfg.in_channels, cfg.sample_height, cfg.sample_width
+
+
+def token_grid(model: torch.nn.Module) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of the video tokens: the clip divided by the patch size."""
+    frames, _, height, width = clip_geometry(model)
+    patch = model.config.patch_size
+    return frames, height // patch, width // patch
 
 
 def make_scheduler(steps: int, shift: float = 1.0):

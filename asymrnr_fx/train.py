@@ -62,6 +62,20 @@ def _sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(torch.randn(batch, generator=generator))
 
 
+def flow_loss(model: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
+              sigma: torch.Tensor) -> torch.Tensor:
+    """The training loss at noise levels ``sigma`` (one per clip).
+
+    x-prediction with the loss taken on the implied velocity ``(x_t - x0_hat) / s``, whose
+    target is ``noise - x0``: the network outputs clean clips (no noise to pass through at
+    high noise levels), while low noise levels keep their weight.
+    """
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    xt = (1 - s) * x0 + s * noise
+    x0_hat = model(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000, return_dict=False)[0]
+    return ((x0_hat - x0) / s.clamp(min=0.05)).pow(2).mean()
+
+
 HELDOUT_SEEDS = range(900_000_000, 900_000_008)  # never drawn by a training run
 HELDOUT_SIGMAS = (0.2, 0.5, 0.8)
 
@@ -72,12 +86,7 @@ def heldout_loss(model: torch.nn.Module, frames: int = FRAMES) -> float:
     x0, conds = make_batch(list(HELDOUT_SEEDS), frames=frames, size=SIZE)
     text = encode_condition(conds)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    losses = []
-    for sigma in HELDOUT_SIGMAS:
-        xt = (1 - sigma) * x0 + sigma * noise
-        timestep = torch.full((len(x0),), 1000.0 * sigma)
-        x0_hat = model(hidden_states=xt, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
-        losses.append(((x0_hat - x0) / max(sigma, 0.05)).pow(2).mean())
+    losses = [flow_loss(model, x0, text, noise, torch.full((len(x0),), sigma)) for sigma in HELDOUT_SIGMAS]
     return float(torch.stack(losses).mean())
 
 
@@ -145,14 +154,7 @@ def train(
         drop = torch.rand(batch, generator=gen) < cond_dropout
         text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = _sample_sigmas(batch, gen)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        xt = (1 - s) * x0 + s * noise
-        x0_hat = model(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000, return_dict=False)[0]
-        # x-prediction with the loss taken on the implied velocity (x_t - x0_hat) / s, whose
-        # target is noise - x0: the network outputs clean clips (no noise to pass through
-        # at high noise levels), while low noise levels keep their weight.
-        loss = ((x0_hat - x0) / s.clamp(min=0.05)).pow(2).mean()
+        loss = flow_loss(model, x0, text, noise, _sample_sigmas(batch, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

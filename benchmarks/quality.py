@@ -36,7 +36,7 @@ from asymrnr_fx.config import AsymRnRConfig
 from asymrnr_fx.data import TEXT_TOKENS
 from asymrnr_fx.demo import DEFAULT_PROMPTS, demo_config
 from asymrnr_fx.metrics import attention_cost, psnr, ssim
-from asymrnr_fx.sampling import clip_geometry, generate, load_small_model
+from asymrnr_fx.sampling import clip_geometry, generate, load_small_model, token_grid
 
 
 def uniform_kv_at_cost(target: float, cost_of) -> float:  # noqa: ANN001
@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_small_model(args.weights)
     geometry = clip_geometry(model)
-    cfg = model.config
-    num_layers = cfg.num_layers
-    grid = (geometry[0], cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+    num_layers = model.config.num_layers
+    grid = token_grid(model)
     prompts = [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(args.seeds)]
     seeds = list(range(args.seeds))
 
