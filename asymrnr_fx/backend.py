@@ -1,10 +1,12 @@
 """The ``asymrnr`` torch.compile backend.
 
-``torch.compile(model, backend="asymrnr")`` reaches :func:`asymrnr_backend` through the
-``torch_dynamo_backends`` entry point; :func:`backend` builds one with custom settings. For
-each captured graph the backend classifies the attention sites and returns a
-:class:`GraphRunner`, which compiles one rewritten copy of the graph per *phase* (distinct
-kept-token counts of its sites) lazily, and per call asks the dispatcher for the step.
+``torch.compile(model, backend="asymrnr")`` reaches :data:`asymrnr_backend` through the
+``torch_dynamo_backends`` entry point; :func:`backend` builds one with custom settings. A
+backend is one *application*: it owns an :class:`~asymrnr_fx.state.AsymRnRState` (steps,
+site count, matching cache), shared by every graph it compiles and reset by
+``torch.compiler.reset()``. For each captured graph it classifies the attention sites and
+returns a :class:`GraphRunner`, which compiles one rewritten copy of the graph per *phase*
+(distinct kept-token counts of its sites) lazily and, per call, asks the state for the step.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import torch
 import torch.fx as fx
 
 from .config import AsymRnRConfig
-from .dispatcher import DISPATCHER
 from .ops import dst_count, kept_count
+from .passes.grid import infer_grid
 from .passes.rewrite import SitePlan, rewrite_attention
-from .passes.sites import AttentionSite, classify_sites
+from .passes.sites import DYNAMIC_SHAPES, AttentionSite, classify_sites
+from .state import AsymRnRState
 
-__all__ = ["backend", "asymrnr_backend", "GraphRunner", "inductor_config_patches"]
+__all__ = ["AsymRnRBackend", "backend", "asymrnr_backend", "GraphRunner", "inductor_config_patches"]
 
 logger = logging.getLogger("asymrnr_fx")
 _logged: set[str] = set()
@@ -33,10 +36,10 @@ _logged: set[str] = set()
 CompileFn = Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged:
         _logged.add(message)
-        logger.info(message)
+        logger.log(level, message)
 
 
 def inductor_config_patches(mode: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -67,104 +70,68 @@ def _inner_compiler(inner: str, patches: dict[str, Any]) -> CompileFn:
 
 
 # Dynamo names placeholders after their source: `L_timestep_` -> `l_timestep_`.
-TIMESTEP_INPUT = r"(^|_)timestep_?$"
-TEMB_INPUT = r"(^|_)temb_?$"
+TICK_INPUTS = (("timestep", r"(^|_)timestep_?$"), ("temb", r"(^|_)temb_?$"))
 
 
-def _input_index(gm: fx.GraphModule, pattern: str) -> int | None:
-    for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
-        if re.search(pattern, node.name, flags=re.IGNORECASE):
-            return index
-    return None
+def _tick_input(gm: fx.GraphModule) -> tuple[str | None, int | None]:
+    """The graph input that can mark a forward: ``timestep``, else ``temb`` (repeated blocks)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for kind, pattern in TICK_INPUTS:
+        for index, node in enumerate(placeholders):
+            if re.search(pattern, node.name, flags=re.IGNORECASE):
+                return kind, index
+    return None, None
+
+
+def _device(args: Sequence[Any]) -> torch.device:
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
 
 
 class GraphRunner:
     """One captured graph: its sites, its compiled phases, and the per-call dispatch."""
 
-    def __init__(self, gm: fx.GraphModule, sites: list[AttentionSite], config: AsymRnRConfig,
+    def __init__(self, gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState,
                  compile_graph: CompileFn) -> None:
         self.gm = gm
         self.all_sites = sites
         self.sites = [s for s in sites if s.rewritable]
-        self.config = config
+        self.state = state
+        self.config = state.config
         self.compile_graph = compile_graph
         self.compiled: dict[tuple[Any, str], Callable[..., Any]] = {}
-        self.timestep_index = _input_index(gm, TIMESTEP_INPUT)
-        self.temb_index = None if self.timestep_index is not None else _input_index(gm, TEMB_INPUT)
-        self._schedule = None
+        self.tick_kind, self.tick_index = _tick_input(gm)
+        state.register_tick_source(self.tick_kind)
         self._plans: dict[tuple[tuple[float, float], ...], tuple[SitePlan, ...]] = {}
 
-    # -- ratios -----------------------------------------------------------------------------
-
-    def _ratios(self, step: int, first_layer: int) -> list[tuple[float, float]]:
-        config = self.config
-        count = len(self.sites)
-        if config.schedule is not None:
-            schedule = self._resolved_schedule()
-            num_steps = DISPATCHER.num_steps or config.num_steps or schedule.num_steps
-            seen = DISPATCHER.sites_per_forward
-            if seen is not None and seen != schedule.num_layers:
-                raise ValueError(
-                    f"schedule has num_layers={schedule.num_layers} but the model runs {seen} "
-                    "attention sites per forward: build the schedule for this model"
-                )
-            if first_layer + count > schedule.num_layers:
-                raise ValueError(
-                    f"schedule has num_layers={schedule.num_layers} but the model runs more "
-                    f"attention sites per forward (at least {first_layer + count})"
-                )
-            per_layer = schedule.ratios_at(min(step, num_steps - 1), num_steps)
-            return list(per_layer[first_layer:first_layer + count])
-        if config.layer_ratios is not None:
-            ratios = config.layer_ratios
-            if first_layer + count > len(ratios):
-                raise ValueError(
-                    f"layer_ratios has {len(ratios)} entries but the model runs at least "
-                    f"{first_layer + count} attention sites per forward: give one (q, kv) per site"
-                )
-            return list(ratios[first_layer:first_layer + count])
-        return [(config.q_ratio, config.kv_ratio)] * count
-
-    def _resolved_schedule(self):  # noqa: ANN202
-        if self._schedule is None:
-            from .schedule import Schedule, resolve_schedule
-
-            spec = self.config.schedule
-            if isinstance(spec, Schedule):
-                num_layers = spec.num_layers
-            elif DISPATCHER.sites_per_forward is not None:
-                num_layers = DISPATCHER.sites_per_forward
-            else:
-                num_layers = len(self.sites)
-            self._schedule = resolve_schedule(spec, num_layers, self.config.num_steps)
-        return self._schedule
-
-    def plans(self, ratios: list[tuple[float, float]]) -> tuple[SitePlan, ...]:
+    def plans(self, ratios: tuple[tuple[float, float], ...]) -> tuple[SitePlan, ...]:
         """Kept counts per site for these ratios (the phase key); memoized per ratio vector."""
-        key = tuple(ratios)
-        plans = self._plans.get(key)
+        plans = self._plans.get(ratios)
         if plans is None:
-            plans = self._plans[key] = self._make_plans(ratios)
+            plans = self._plans[ratios] = tuple(
+                self._plan(site, q, kv) for site, (q, kv) in zip(self.sites, ratios, strict=True))
         return plans
 
-    def _make_plans(self, ratios: list[tuple[float, float]]) -> tuple[SitePlan, ...]:
+    def _plan(self, site: AttentionSite, q: float, kv: float) -> SitePlan:
         config = self.config
-        plans = []
-        for site, (q, kv) in zip(self.sites, ratios, strict=False):
-            layout = site.layout
-            num_dst = dst_count(layout.grid, layout.partition_stride(config.stride))
-            if config.symmetric:
-                q = kv = max(q, kv)
-            q_keep = kept_count(layout.video_len, q, num_dst) if q > 0 else None
-            kv_keep = kept_count(layout.video_len, kv, num_dst) if kv > 0 else None
-            q_keep = None if q_keep == layout.video_len else q_keep
-            kv_keep = None if kv_keep == layout.video_len else kv_keep
-            plans.append(SitePlan(
-                site.node_name, layout, site.batch, site.heads, q_keep, kv_keep, config.stride,
-                config.metric, config.match_on, config.merge, config.match_mode, config.symmetric,
-                config.seed,
-            ))
-        return tuple(plans)
+        layout = site.layout
+        num_dst = dst_count(layout.grid, layout.partition_stride(config.stride))
+        if config.symmetric:
+            q = kv = max(q, kv)
+        keeps = []
+        for ratio in (q, kv):
+            keep = kept_count(layout.video_len, ratio, num_dst) if ratio > 0 else None
+            if keep is not None and keep > int(layout.video_len * (1.0 - ratio)):
+                _log_once(
+                    f"asymrnr: ratio {ratio:g} at {site.node_name} removes more than the "
+                    f"partition's src tokens ({layout.video_len - num_dst} of {layout.video_len} "
+                    f"with stride {config.stride}): capped at {1 - num_dst / layout.video_len:.3f}; "
+                    "a larger stride allows more", logging.WARNING)
+            keeps.append(None if keep == layout.video_len else keep)
+        return SitePlan(
+            site.node_name, layout, site.batch, site.heads, keeps[0], keeps[1], config.stride,
+            config.metric, config.match_on, config.merge, config.match_mode, config.symmetric,
+            config.seed,
+        )
 
     # -- compiled variants -------------------------------------------------------------------
 
@@ -177,89 +144,103 @@ class GraphRunner:
                 compiled = self.compile_graph(self.gm, list(args))
             else:
                 result = rewrite_attention(self.gm, list(plans), variant)
-                example = list(args)
-                if variant == "reuse":
-                    example += [torch.zeros(s.shape, dtype=torch.long, device=self._device(args))
-                                for s in result.index_specs]
+                device = _device(args)
+                example = list(args) + [torch.zeros(s.shape, dtype=torch.long, device=device)
+                                        for s in result.extra_inputs]
                 compiled = self.compile_graph(result.gm, example)
+                compiled = _Variant(compiled, result.extra_inputs, result.extra_outputs)
             self.compiled[key] = compiled
-            DISPATCHER.stats["compiles"] += 1
-            DISPATCHER.compile_log.append((variant, time.perf_counter() - start))
+            self.state.stats["compiles"] += 1
+            self.state.compile_log.append((variant, time.perf_counter() - start))
         return compiled
 
-    @staticmethod
-    def _device(args: Sequence[Any]) -> torch.device:
-        return next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-
     def __call__(self, *args: Any) -> Any:
-        if self.timestep_index is not None:
-            DISPATCHER.on_timestep(args[self.timestep_index])
-        elif self.temb_index is not None:
-            DISPATCHER.on_temb(args[self.temb_index])
-        step, first_layer = DISPATCHER.claim_layers(len(self.sites))
-        plans = self.plans(self._ratios(step, first_layer))
-        if all(p.q_keep is None and p.kv_keep is None for p in plans):
+        state = self.state
+        state.on_graph_call(self.tick_kind, None if self.tick_index is None else args[self.tick_index])
+        step, first = state.claim_sites(len(self.sites))
+        ratios = state.site_ratios(step, first, len(self.sites))
+        plans = None if ratios is None else self.plans(ratios)
+        if plans is None or all(p.q_keep is None and p.kv_keep is None for p in plans):
             return self._variant(None, "base", args)(*args)
         if self.config.match_mode != "similarity":
             return self._variant(plans, "static", args)(*args)
+        return self._run_matched(plans, step, first, args)
 
-        needed = [(first_layer + i, component, plan) for i, plan in enumerate(plans)
+    def _run_matched(self, plans: tuple[SitePlan, ...], step: int, first: int,
+                     args: Sequence[Any]) -> Any:
+        state = self.state
+        device = _device(args)
+        window = state.window(step)
+        needed = [(first + i, component, plan) for i, plan in enumerate(plans)
                   for component in plan.components()]
-        entries = [DISPATCHER.lookup(layer, component, plan) for layer, component, plan in needed]
-        refresh = DISPATCHER.is_refresh_step(step, self.config.cache_interval) or None in entries
-        if not refresh and self._cache_matches(entries, args):
-            DISPATCHER.stats["cache_hits"] += len(entries)
+        entries = [state.lookup(site, component, plan, window, device) for site, component, plan in needed]
+        if not state.is_refresh_step(step) and None not in entries:
+            state.stats["cache_hits"] += len(entries)
             indices = [t for e in entries for t in (e.keep, e.restore)]
             return self._variant(plans, "reuse", args)(*args, *indices)
 
         compiled = self._variant(plans, "refresh", args)
-        outputs = compiled(*args)
-        num_extra = 2 * len(needed)
-        extra = outputs[len(outputs) - num_extra:]
-        for n, (layer, component, plan) in enumerate(needed):
-            DISPATCHER.store(layer, component, plan, extra[2 * n], extra[2 * n + 1])
-        DISPATCHER.stats["cache_refreshes"] += len(needed)
-        if not DISPATCHER.refresh_steps or DISPATCHER.refresh_steps[-1] != step:
-            DISPATCHER.refresh_steps.append(step)
-        return outputs[:len(outputs) - num_extra]
+        partitions = {}
+        for site, component, plan in needed:
+            part = state.partition(site, component, window, plan.layout.grid, plan.partition_stride, device)
+            partitions[(site - first, component)] = part
+        extra = [getattr(partitions[(spec.site, spec.component)], f"{spec.kind}_idx")
+                 for spec in compiled.extra_inputs]
+        outputs = compiled(*args, *extra)
+        produced = outputs[len(outputs) - len(compiled.extra_outputs):]
+        for n, (site, component, plan) in enumerate(needed):
+            state.store(site, component, plan, window, produced[2 * n], produced[2 * n + 1])
+        state.stats["cache_refreshes"] += len(needed)
+        if not state.refresh_steps or state.refresh_steps[-1] != step:
+            state.refresh_steps.append(step)
+        return outputs[:len(outputs) - len(compiled.extra_outputs)]
 
-    def _cache_matches(self, entries: list[Any], args: Sequence[Any]) -> bool:
-        """A cached index may only meet tensors of the shape and device it was made for."""
-        device = self._device(args)
-        return all(e.keep.device == device for e in entries)
+
+class _Variant:
+    """A compiled rewritten graph and the index tensors it takes and returns extra."""
+
+    def __init__(self, fn: Callable[..., Any], extra_inputs: list, extra_outputs: list) -> None:
+        self.fn = fn
+        self.extra_inputs = extra_inputs
+        self.extra_outputs = extra_outputs
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
 
 
-def _track_steps(gm: fx.GraphModule, compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """A graph without sites still reports the timestep (it may be the only one that sees it)."""
-    timestep_index = _input_index(gm, TIMESTEP_INPUT)
-    if timestep_index is None:
+def _reports_ticks(gm: fx.GraphModule, state: AsymRnRState, compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """A graph without rewritten sites still marks forwards (it may be the one tick source)."""
+    kind, index = _tick_input(gm)
+    if kind is None:
         return compiled
+    state.register_tick_source(kind)
 
     def run(*args: Any) -> Any:
-        DISPATCHER.on_timestep(args[timestep_index])
+        state.on_graph_call(kind, args[index])
         return compiled(*args)
 
     return run
 
 
-def _describe(sites: list[AttentionSite]) -> str:
-    rewritten = sum(s.rewritable for s in sites)
-    return f"{rewritten} of {len(sites)} attention sites rewritten"
-
-
-def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: AsymRnRConfig,
+def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymRnRState,
                  compile_graph: CompileFn) -> Callable[..., Any]:
     """The callable that replaces ``gm``: plain compile when nothing is to be rewritten."""
+    config = state.config
+    state.add_grid_evidence(infer_grid(gm.graph))
     sites = classify_sites(gm.graph, config.grid, config.text_tokens, config.text_side,
-                           grid_hint=DISPATCHER.grid_hint)
+                           grid_evidence=list(state.grid_evidence.values()),
+                           allow_1d=config.allow_1d_partition)
+    state.record_sites(sites)
     for site in sites:
         if not site.rewritable:
-            _log_once(f"asymrnr: left {site.node_name} alone: {site.reason}")
+            level = logging.WARNING if site.reason == DYNAMIC_SHAPES else logging.INFO
+            _log_once(f"asymrnr: left {site.node_name} alone: {site.reason}", level)
         elif not site.layout.grid_inferred:
-            _log_once(f"asymrnr: {site.node_name}: video grid not found in the graph; "
-                      "1-D partition over the video tokens (set grid=(T, H, W) to fix)")
+            _log_once(f"asymrnr: {site.node_name}: 1-D partition over the video tokens "
+                      "(allow_1d_partition=True; set grid=(T, H, W) for the paper's 3-D chunks)")
     if sites:
-        _log_once(f"asymrnr: graph {id(gm.graph):x}: {_describe(sites)}")
+        rewritten = sum(s.rewritable for s in sites)
+        _log_once(f"asymrnr: graph {id(gm.graph):x}: {rewritten} of {len(sites)} attention sites rewritten")
     runner_sites = [s for s in sites if s.rewritable]
     if config.grid is not None and sites and not runner_sites:
         too_short = [s for s in sites if "shorter than the" in s.reason]
@@ -271,34 +252,55 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Asym
     if config.is_identity:
         return compile_graph(gm, example_inputs)
     if not runner_sites:
-        return _track_steps(gm, compile_graph(gm, example_inputs))
-    return GraphRunner(gm, sites, config, compile_graph)
+        return _reports_ticks(gm, state, compile_graph(gm, example_inputs))
+    return GraphRunner(gm, sites, state, compile_graph)
 
 
-def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fields: Any) -> Callable[..., Any]:
-    """A torch.compile backend with these settings.
+class AsymRnRBackend:
+    """A torch.compile backend that applies AsymRnR: one application, one state.
+
+    ``torch.compile(model, backend=asymrnr_fx.backend(kv_ratio=0.5))``. The runtime state
+    (:attr:`state`) is shared by every graph this backend compiles, and only by them.
+    """
+
+    def __init__(self, config: AsymRnRConfig | None = None, inner: str = "inductor") -> None:
+        if inner not in ("inductor", "eager"):
+            raise ValueError(f"inner={inner!r} is invalid: choose 'inductor' or 'eager'")
+        self.config = config or AsymRnRConfig()
+        self.inner = inner
+        self.state = AsymRnRState(self.config)
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,
+                 options: Mapping[str, Any] | None = None, **unknown: Any) -> Callable[..., Any]:
+        if unknown:
+            raise ValueError(f"unknown backend argument(s) {sorted(unknown)}; the backend takes mode= and options=")
+        compile_graph = _inner_compiler(self.inner, inductor_config_patches(mode, options))
+        return build_runner(gm, example_inputs, self.state, compile_graph)
+
+    def reset(self) -> None:
+        """Forget steps, site count, matching cache and statistics. ``torch.compiler.reset()``
+        calls this (Dynamo resets the backends it has cached), so no state outlives its graphs."""
+        self.state.reset()
+
+    def __repr__(self) -> str:
+        return f"AsymRnRBackend({self.config!r}, inner={self.inner!r})"
+
+
+def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fields: Any) -> AsymRnRBackend:
+    """A torch.compile backend with these settings, and its own runtime state.
 
     ``torch.compile(model, backend=asymrnr_fx.backend(kv_ratio=0.5))``. ``fields`` are
     :class:`AsymRnRConfig` fields applied on top of ``config``; ``inner="eager"`` runs the
-    rewritten graphs without Inductor (for debugging).
+    rewritten graphs without Inductor (for debugging). Each call is a separate application:
+    give each model its own backend.
     """
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
-    if inner not in ("inductor", "eager"):
-        raise ValueError(f"inner={inner!r} is invalid: choose 'inductor' or 'eager'")
-
-    def asymrnr(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,
-                options: Mapping[str, Any] | None = None, **unknown: Any) -> Callable[..., Any]:
-        if unknown:
-            raise ValueError(f"unknown backend argument(s) {sorted(unknown)}; the backend takes mode= and options=")
-        compile_graph = _inner_compiler(inner, inductor_config_patches(mode, options))
-        return build_runner(gm, example_inputs, config, compile_graph)
-
-    asymrnr.config = config  # type: ignore[attr-defined]
-    return asymrnr
+    return AsymRnRBackend(config, inner)
 
 
-def asymrnr_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable[..., Any]:
-    """The registered ``"asymrnr"`` backend: the default :class:`AsymRnRConfig`."""
-    return backend()(gm, example_inputs, **kwargs)
+asymrnr_backend = AsymRnRBackend()
+"""The registered ``"asymrnr"`` backend: the default :class:`AsymRnRConfig`. Everything
+compiled with the bare name is one application; give two models their own
+:func:`backend` (or use :func:`asymrnr_fx.apply`) to keep their steps and indices apart."""

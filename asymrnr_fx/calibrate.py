@@ -107,14 +107,11 @@ class CalibrationResult:
 def attention_flops_cut(schedule: Schedule, num_video: int, num_dst: int, text_tokens: int,
                         num_steps: int | None = None) -> float:
     """Share of the video self-attention FLOPs a schedule removes over one generation."""
+    from .ratios import attention_flops_cut as flops_cut
+
     steps = schedule.num_steps if num_steps is None else num_steps
-    full = (text_tokens + num_video) ** 2
-    total = 0
-    for s in range(steps):
-        for q, kv in schedule.ratios_at(s, steps):
-            total += (text_tokens + kept_count(num_video, q, num_dst)) * (
-                text_tokens + kept_count(num_video, kv, num_dst))
-    return 1.0 - total / (full * steps * schedule.num_layers)
+    return flops_cut([schedule.ratios_at(s, steps) for s in range(steps)], num_video=num_video,
+                     num_dst=num_dst, text_tokens=text_tokens)
 
 
 # ------------------------------------------------------------------------ measuring

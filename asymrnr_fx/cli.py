@@ -67,19 +67,25 @@ def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, in
 
 
 # ------------------------------------------------------------------------------ show
-def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
-    from .presets import PRESETS, get_preset
-    from .schedule import Schedule
+def _check_schedule_spec(spec: str, flag: str) -> None:
+    """A schedule argument names a preset or an existing file (else a usage error)."""
+    from .presets import PRESETS
 
-    if spec in PRESETS:
-        if layers is None:
-            raise CLIError(f"preset {spec!r} needs --layers (the model's attention site count)", 2)
-        return get_preset(spec, layers, steps)
-    if not os.path.exists(spec):
-        raise CLIError(
-            f"schedule {spec!r} is neither an existing file nor a preset "
-            f"({', '.join(PRESETS)})", 2)
-    return Schedule.load(spec)
+    if spec not in PRESETS and not os.path.exists(spec):
+        raise CLIError(f"{flag} {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an "
+                       "existing schedule JSON file", 2)
+
+
+def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
+    from .ratios import load_schedule_source
+
+    _check_schedule_spec(spec, "schedule")
+    source = load_schedule_source(spec)
+    if source.schedule is not None:
+        return source.schedule
+    if layers is None:
+        raise CLIError(f"preset {spec!r} needs --layers (the model's attention site count)", 2)
+    return source.for_model(layers, steps)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -168,36 +174,13 @@ def _latent_grid(pipe, height: int, width: int, frames: int) -> tuple[int, int, 
 
 # -------------------------------------------------------------------------- generate
 def _schedule_config(spec: str | None, steps: int):
-    """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded).
-
-    A preset brings the reference's partition stride and matching-cache interval for its
-    model; a calibrated schedule file brings the stride (and seed) it was measured with.
-    """
+    """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded); a preset or a
+    calibrated file brings its own stride, cache interval, metric and seed."""
     from .config import AsymRnRConfig
-    from .presets import PRESETS
-    from .schedule import Schedule
 
-    if spec is None:
-        return AsymRnRConfig(num_steps=steps)
-    if spec in PRESETS:
-        p = PRESETS[spec]
-        return AsymRnRConfig(schedule=spec, num_steps=steps, stride=p.stride,
-                             cache_interval=p.cache_interval)
-    if not os.path.exists(spec):
-        raise CLIError(
-            f"--schedule {spec!r} is neither a preset ({', '.join(PRESETS)}), 'off', nor an "
-            "existing JSON file", 2)
-    schedule = Schedule.load(spec)
-    fields: dict[str, Any] = {}
-    if "stride" in schedule.meta:
-        fields["stride"] = tuple(schedule.meta["stride"])
-    if "cache_interval" in schedule.meta:
-        fields["cache_interval"] = int(schedule.meta["cache_interval"])
-    if schedule.meta.get("metric") in ("l2", "cosine"):
-        fields["metric"] = schedule.meta["metric"]
-    if "seed" in schedule.meta:
-        fields["seed"] = int(schedule.meta["seed"])
-    return AsymRnRConfig(schedule=schedule, num_steps=steps, **fields)
+    if spec is not None:
+        _check_schedule_spec(spec, "--schedule")
+    return AsymRnRConfig(schedule=spec, num_steps=steps)
 
 
 def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
@@ -237,11 +220,12 @@ def _generate_small(args: argparse.Namespace, config) -> int:
         raise CLIError("the small model has a fixed clip size: drop --height/--width/--frames", 2)
     prompt = args.prompt or "red circle right stripes still"
     # The baseline is plain Inductor: the speed AsymRnR is measured against.
-    runner = torch.compile(model, backend=args.inner if config is None
-                           else asymrnr_fx.backend(config, inner=args.inner))
+    compiler = None if config is None else asymrnr_fx.backend(config, inner=args.inner)
+    runner = torch.compile(model, backend=args.inner if compiler is None else compiler)
 
     def run():  # noqa: ANN202
-        asymrnr_fx.reset()
+        if compiler is not None:
+            compiler.reset()
         return sampling.generate(runner, [prompt], [args.seed], steps=args.steps,
                                  geometry=geometry, progress=True)[0]
 
@@ -251,8 +235,8 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     out = _write_frames(list(frames), out, fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"{what}: {args.steps} steps in {seconds:.2f} s; wrote {out}")
-    if config is not None:
-        print(f"dispatcher stats: {dict(asymrnr_fx.DISPATCHER.stats)}")
+    if compiler is not None:
+        print(f"asymrnr stats: {dict(compiler.state.stats)}")
     return 0
 
 
@@ -298,7 +282,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     kwargs.update(dict(args.arg))
 
     def run():  # noqa: ANN202
-        asymrnr_fx.reset()
         # A fresh generator per run: the warm-up and the timed run sample the same noise.
         return pipe(**kwargs, generator=torch.Generator(device).manual_seed(args.seed))
 
@@ -309,7 +292,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
           f"{seconds:.1f} s; wrote {out}")
     if config is not None:
-        print(f"dispatcher stats: {dict(asymrnr_fx.DISPATCHER.stats)}")
+        stats = [dict(state.stats) for state in asymrnr_fx.states_of(pipe)]
+        print(f"asymrnr stats: {stats[0] if len(stats) == 1 else stats}")
     return 0
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .schedule import check_ratio
 
 if TYPE_CHECKING:
+    from .ratios import ScheduleSource
     from .schedule import Schedule
 
 __all__ = ["AsymRnRConfig", "DEFAULT_KV_RATIO"]
@@ -44,19 +45,29 @@ class AsymRnRConfig:
         q_ratio: Q ratio likewise (0 leaves Q untouched).
         layer_ratios: per attention site (in call order within one forward), ``(q, kv)``.
         schedule: a :class:`~asymrnr_fx.schedule.Schedule`, a preset name, or a JSON path;
-            ratios per (layer, step, component). Wins over the fields above.
-        stride: partition chunk (t, h, w); one dst token per chunk.
+            ratios per (layer, step, component). Wins over the fields above. Loaded and
+            checked here; the stride, cache interval, metric and seed it carries (a
+            preset's reference settings, a calibrated file's) apply unless given explicitly.
+        stride: partition chunk (t, h, w); one dst token per chunk. Default: the
+            schedule's, else (2, 2, 2).
         match_on: K/V matching computed on ``"v"`` (paper) or ``"k"``.
-        metric: ``"l2"`` (squared L2, paper default) or ``"cosine"``.
+        metric: ``"l2"`` (squared L2, paper default) or ``"cosine"``. Default: the
+            schedule's, else ``"l2"``.
         merge: ``"drop"`` (dst keeps its own value, paper default) or ``"mean"``.
         match_mode: ``"similarity"`` (the method), ``"random"`` (drop random src tokens:
             an ablation) or ``"strided"`` (fixed strided cut, no matching: the speed bound).
         symmetric: ToMe-style baseline: one matching computed on K cuts Q, K and V alike.
         cache_interval: recompute matching every this many steps (aligned to step 0);
-            1 recomputes every step.
+            1 recomputes every step. Default: the schedule's, else 5.
         grid: the video token grid (T, H, W); inferred from the graph when None.
         text_tokens / text_side: the text segment; inferred when None.
-        seed: seed of the dst draw in each chunk.
+        seed: seed of the dst draws. Default: the schedule's, else 0.
+        resample_partition: draw a fresh dst/src partition per (site, component, refresh
+            window), as the reference implementation does (see
+            :func:`asymrnr_fx.ops.site_partition`); False uses one partition everywhere.
+        allow_1d_partition: rewrite self-attention whose video grid the graph does not
+            prove, partitioning its tokens in 1-D. Off by default: without grid evidence
+            a site may not be video at all (a text encoder), so it is left alone.
         num_steps: denoising steps per generation, for schedules (default: the schedule's).
     """
 
@@ -64,21 +75,33 @@ class AsymRnRConfig:
     q_ratio: float = 0.0
     layer_ratios: Sequence[tuple[float, float]] | None = None
     schedule: Schedule | str | os.PathLike | None = None
-    stride: tuple[int, int, int] = (2, 2, 2)
+    stride: tuple[int, int, int] | None = None
     match_on: str = "v"
-    metric: str = "l2"
+    metric: str | None = None
     merge: str = "drop"
     match_mode: str = "similarity"
     symmetric: bool = False
-    cache_interval: int = 5
+    cache_interval: int | None = None
     grid: tuple[int, int, int] | None = None
     text_tokens: int | None = None
     text_side: str | None = None
-    seed: int = 0
+    seed: int | None = None
+    resample_partition: bool = True
+    allow_1d_partition: bool = False
     num_steps: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from .ratios import SCHEDULE_SETTINGS, effective_settings, load_schedule_source
+
+        # Fields the caller gave; the others come from the schedule or the defaults.
+        explicit = {name: getattr(self, name) for name in SCHEDULE_SETTINGS
+                    if getattr(self, name) is not None}
+        source = None if self.schedule is None else load_schedule_source(self.schedule)
+        object.__setattr__(self, "_explicit", explicit)
+        object.__setattr__(self, "_source", source)
+        for name, value in effective_settings(explicit, source).items():
+            object.__setattr__(self, name, value)
+
         check_ratio("kv_ratio", self.kv_ratio)
         check_ratio("q_ratio", self.q_ratio)
         if self.layer_ratios is not None:
@@ -109,32 +132,45 @@ class AsymRnRConfig:
             raise ValueError(f"text_tokens={self.text_tokens!r} is invalid: a non-negative int")
         if self.num_steps is not None and (not isinstance(self.num_steps, int) or self.num_steps < 1):
             raise ValueError(f"num_steps={self.num_steps!r} is invalid: a positive int")
-        if self.schedule is not None and not isinstance(self.schedule, (str, os.PathLike)):
-            from .schedule import Schedule
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r} is invalid: an int")
+        for name in ("symmetric", "resample_partition", "allow_1d_partition"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: True or False")
 
-            if not isinstance(self.schedule, Schedule):
-                raise ValueError(
-                    f"schedule={self.schedule!r} is invalid: give a Schedule, a preset name or a JSON path"
-                )
+    @property
+    def schedule_source(self) -> ScheduleSource | None:
+        """The loaded schedule (preset or fixed table) and the settings it carries."""
+        return self._source  # type: ignore[attr-defined]
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AsymRnRConfig:
         """Build from a mapping; an unknown key is an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown AsymRnR option(s) {unknown}; known options: {sorted(known)}")
         return cls(**dict(values))
 
     def replace(self, **changes: Any) -> AsymRnRConfig:
-        """A copy with ``changes`` applied (validated like the constructor)."""
-        return self.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}, **changes})
+        """A copy with ``changes`` applied (validated like the constructor).
+
+        Settings that came from the schedule are not carried over as if given: replacing
+        the schedule brings the new schedule's stride, cache interval, metric and seed.
+        """
+        from .ratios import SCHEDULE_SETTINGS
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in SCHEDULE_SETTINGS:
+            values[name] = self._explicit.get(name)  # type: ignore[attr-defined]
+        return self.from_dict({**values, **changes})
 
     @property
     def is_identity(self) -> bool:
         """True when no ratio anywhere is above zero (the graph must stay untouched)."""
         if self.schedule is not None:
-            return False
+            fixed = self.schedule_source.schedule
+            return fixed is not None and fixed.is_identity
         if self.layer_ratios is not None:
             return all(q == 0 and kv == 0 for q, kv in self.layer_ratios)
         return self.q_ratio == 0 and self.kv_ratio == 0

@@ -52,7 +52,7 @@ def demo_config(num_layers: int, num_steps: int, **overrides: Any):
     from .schedule import Schedule
 
     schedule = Schedule.from_ranges(num_layers, num_steps, list(DEMO_RULES), name="demo")
-    fields = dict(schedule=schedule, stride=(2, 2, 2), cache_interval=5, num_steps=num_steps)
+    fields = dict(schedule=schedule, num_steps=num_steps)
     return AsymRnRConfig(**{**fields, **overrides})
 
 
@@ -91,19 +91,17 @@ def _config_from_args(args: argparse.Namespace, num_layers: int):
 
 def _describe(config: Any, num_layers: int, num_steps: int) -> str:
     """One readable line: the schedule as ``(q, kv)`` per layer for each run of steps."""
-    from .schedule import Schedule, resolve_schedule
+    from .ratios import per_step_ratios
+    from .viz import step_runs
 
     if config.schedule is None:
         return repr(config)
-    sched = config.schedule if isinstance(config.schedule, Schedule) else resolve_schedule(
-        config.schedule, num_layers, num_steps)
-    spans, start = [], 0
-    for step in range(1, num_steps + 1):
-        if step == num_steps or sched.ratios_at(step, num_steps) != sched.ratios_at(start, num_steps):
-            ratios = " ".join(f"{q:g}/{kv:g}" for q, kv in sched.ratios_at(start, num_steps))
-            spans.append(f"steps {start}-{step - 1}: {ratios}")
-            start = step
-    return (f"schedule {sched.name or ''} (Q/KV ratio per layer) {'; '.join(spans)}; "
+    per_step = per_step_ratios(config, num_layers, num_steps)
+    spans = [f"steps {start}-{stop - 1}: " + " ".join(f"{q:g}/{kv:g}" for q, kv in per_step[start])
+             for start, stop in step_runs(per_step)]
+    source = config.schedule_source
+    name = source.schedule.name if source.schedule is not None else source.preset.name
+    return (f"schedule {name or ''} (Q/KV ratio per layer) {'; '.join(spans)}; "
             f"stride={config.stride}, cache_interval={config.cache_interval}, "
             f"metric={config.metric}, match_on={config.match_on}, merge={config.merge}")
 
@@ -185,8 +183,8 @@ def main(args: argparse.Namespace) -> int:
     torch._dynamo.reset()
     asym_backend = asymrnr_fx.backend(config, inner=args.inner)
     asym = run_method("asymrnr", torch.compile(model, backend=asym_backend), prompts, seeds,
-                      args.steps, geometry, before_each=asymrnr_fx.reset)
-    stats = dict(asymrnr_fx.DISPATCHER.stats)
+                      args.steps, geometry, before_each=asym_backend.reset)
+    stats = dict(asym_backend.state.stats)
 
     p = psnr(asym["clips"], base["clips"]).tolist()
     s = ssim(asym["clips"], base["clips"]).tolist()

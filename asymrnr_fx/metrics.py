@@ -72,35 +72,14 @@ def attention_cost(
     grid: tuple[int, int, int],
     text_tokens: int = 0,
 ) -> float:
-    """Fraction of the full model's attention FLOPs that ``config`` still spends.
-
-    Attention cost per site is taken as ``(text + kept_q) * (text + kept_kv)`` (the
-    ``QK^T`` and ``PV`` products; matching and gathers are not counted), summed over every
-    (layer, step), with kept counts computed the way the backend plans them: all dst tokens
-    kept, ``symmetric`` cutting Q and K/V by the larger of the two ratios.
-    """
+    """Fraction of the full model's attention FLOPs that ``config`` still spends over one
+    generation (see :func:`asymrnr_fx.ratios.attention_flops_cut`)."""
     import math
 
-    from .ops import kept_count
+    from .ops import dst_count
+    from .ratios import attention_flops_cut, per_step_ratios
 
-    video = math.prod(grid)
-    num_dst = math.prod(g // min(s, g) for g, s in zip(grid, config.stride, strict=True))
-    if config.schedule is not None:
-        from .schedule import resolve_schedule
-
-        sched = resolve_schedule(config.schedule, num_layers, num_steps)
-        per_step = [sched.ratios_at(s, num_steps) for s in range(num_steps)]
-    elif config.layer_ratios is not None:
-        per_step = [tuple(config.layer_ratios)] * num_steps
-    else:
-        per_step = [((config.q_ratio, config.kv_ratio),) * num_layers] * num_steps
-    full = spent = 0.0
-    for ratios in per_step:
-        for q, kv in ratios[:num_layers]:
-            if config.symmetric:
-                q = kv = max(q, kv)
-            nq = kept_count(video, q, num_dst)
-            nk = kept_count(video, kv, num_dst)
-            spent += (text_tokens + nq) * (text_tokens + nk)
-            full += (text_tokens + video) ** 2
-    return spent / full
+    cut = attention_flops_cut(
+        per_step_ratios(config, num_layers, num_steps), num_video=math.prod(grid),
+        num_dst=dst_count(grid, config.stride), text_tokens=text_tokens, symmetric=config.symmetric)
+    return 1.0 - cut

@@ -13,6 +13,7 @@ Reduction is a gather with ``keep`` (``drop`` merge) or a scatter-add mean over 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 __all__ = [
     "Partition",
     "partition",
+    "partition_seed",
+    "site_partition",
     "dst_count",
     "kept_count",
     "match",
@@ -35,18 +38,20 @@ __all__ = [
 class Partition:
     """dst/src split of the video tokens of a (T, H, W) grid, flattened row-major.
 
-    ``src_home[i]`` is the position in ``dst_idx`` of the dst of src ``i``'s own chunk (the
-    spatially nearest dst): the representative used when no similarity is computed.
+    ``dst_idx`` holds one token per complete ``stride`` chunk, ``src_idx`` every other token
+    (grid remainders included); both ascending.
     """
 
     dst_idx: torch.Tensor
     src_idx: torch.Tensor
-    src_home: torch.Tensor
-    src_rank_in_chunk: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
         return self.dst_idx.numel() + self.src_idx.numel()
+
+
+def _chunk_counts(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
+    return tuple(g // s for g, s in zip(grid, _clamped(grid, stride), strict=True))
 
 
 def partition(
@@ -58,40 +63,54 @@ def partition(
     """Cut ``grid`` into chunks of ``stride``; draw one dst per chunk from a seeded generator.
 
     Tokens of incomplete chunks at the grid's edges are src. A stride larger than the grid
-    along an axis is clamped to the grid (so there is always at least one dst).
+    along an axis is clamped to the grid (so there is always at least one dst). The draw
+    uses a CPU generator, so a seed gives the same partition on every device; the rest is a
+    few vectorized ops on ``device``.
     """
     t, h, w = grid
     st, sh, sw = _clamped(grid, stride)
-    nt, nh, nw = t // st, h // sh, w // sw
-    chunk_volume = st * sh * sw
-    generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(chunk_volume, (nt * nh * nw,), generator=generator)
+    nt, nh, nw = _chunk_counts(grid, stride)
+    generator = torch.Generator().manual_seed(int(seed))
+    offsets = torch.randint(st * sh * sw, (nt * nh * nw,), generator=generator).to(device)
+    chunk = torch.arange(nt * nh * nw, device=device)
+    dt = (chunk // (nh * nw)) * st + offsets // (sh * sw)
+    dh = (chunk // nw % nh) * sh + offsets // sw % sh
+    dw = (chunk % nw) * sw + offsets % sw
+    dst_idx = torch.sort((dt * h + dh) * w + dw).values
+    is_src = torch.ones(t * h * w, dtype=torch.bool, device=device)
+    is_src[dst_idx] = False
+    src_idx = torch.nonzero_static(is_src, size=t * h * w - dst_idx.numel()).squeeze(1)
+    return Partition(dst_idx, src_idx)
 
-    # Every token's chunk coordinates (clamped for remainders) and offset inside the chunk.
-    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-    ct, ch, cw = (tt // st).clamp(max=nt - 1), (hh // sh).clamp(max=nh - 1), (ww // sw).clamp(max=nw - 1)
-    chunk = ((ct * nh + ch) * nw + cw).flatten()
-    inside = ((tt - ct * st) < st) & ((hh - ch * sh) < sh) & ((ww - cw * sw) < sw)
-    offset = (((tt - ct * st) * sh + (hh - ch * sh)) * sw + (ww - cw * sw)).flatten()
-    is_dst = inside.flatten() & (offset == offsets[chunk])
 
-    token = torch.arange(t * h * w)
-    dst_idx = token[is_dst]
-    # dst_idx is ascending in token order and chunk ids of dst tokens are distinct, so the
-    # dst of chunk c sits at position rank_of_chunk[c] in dst_idx.
-    rank_of_chunk = torch.empty(nt * nh * nw, dtype=torch.long)
-    rank_of_chunk[chunk[is_dst]] = torch.arange(dst_idx.numel())
-    src_idx = token[~is_dst]
-    src_home = rank_of_chunk[chunk[~is_dst]]
-    # Position of each src among its chunk's src tokens: the "strided" cut removes the first
-    # src of every chunk, then the second, ... so the cut is spread evenly over the video.
-    order = torch.argsort(src_home, stable=True)
-    counts = torch.bincount(src_home, minlength=dst_idx.numel())
-    starts = torch.cumsum(counts, 0) - counts
-    rank_sorted = torch.arange(src_idx.numel()) - starts[src_home[order]]
-    src_rank_in_chunk = torch.empty_like(rank_sorted)
-    src_rank_in_chunk[order] = rank_sorted
-    return Partition(*(x.to(device) for x in (dst_idx, src_idx, src_home, src_rank_in_chunk)))
+def partition_seed(seed: int, site: int, component: str, window: int) -> int:
+    """The seed of the dst draw for one (site, component, refresh window) of a generation.
+
+    A stable hash (the same in every process), so a run can be recomputed exactly.
+    """
+    text = f"asymrnr/{int(seed)}/{int(site)}/{component}/{int(window)}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def site_partition(
+    grid: tuple[int, int, int],
+    stride: tuple[int, int, int],
+    *,
+    seed: int,
+    site: int,
+    component: str,
+    window: int,
+    device: torch.device | str | None = None,
+) -> Partition:
+    """The dst/src split a rewritten site used: attention site ``site`` (call order within a
+    forward), ``component`` (``"q"``, ``"kv"`` or ``"shared"``) and refresh window ``window``
+    (``step // cache_interval``), for the config's ``seed``.
+
+    The reference implementation draws a fresh random dst per block, per component and per
+    cache window; this is that draw, made reproducible. With
+    ``AsymRnRConfig(resample_partition=False)`` every site uses ``partition(grid, stride, seed)``.
+    """
+    return partition(grid, stride, partition_seed(seed, site, component, window), device)
 
 
 def _clamped(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
@@ -150,22 +169,52 @@ def match(
     return _indices_from_order(order, nearest, part, num_keep)
 
 
-def static_match(part: Partition, num_keep: int, mode: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _src_chunk_order(part: Partition, grid: tuple[int, int, int],
+                     stride: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per src token: the position in ``dst_idx`` of its own chunk's dst (the spatially
+    nearest dst) and its rank among its chunk's src tokens."""
+    t, h, w = grid
+    st, sh, sw = _clamped(grid, stride)
+    nt, nh, nw = _chunk_counts(grid, stride)
+
+    def chunk_of(token: torch.Tensor) -> torch.Tensor:
+        tt, hh, ww = token // (h * w), token // w % h, token % w
+        ct = (tt // st).clamp(max=nt - 1)
+        ch = (hh // sh).clamp(max=nh - 1)
+        cw = (ww // sw).clamp(max=nw - 1)
+        return (ct * nh + ch) * nw + cw
+
+    rank_of_chunk = torch.empty(nt * nh * nw, dtype=torch.long, device=part.dst_idx.device)
+    rank_of_chunk[chunk_of(part.dst_idx)] = torch.arange(part.dst_idx.numel(), device=part.dst_idx.device)
+    home = rank_of_chunk[chunk_of(part.src_idx)]
+    order = torch.argsort(home, stable=True)
+    counts = torch.bincount(home, minlength=part.dst_idx.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    rank_sorted = torch.arange(home.numel(), device=home.device) - starts[home[order]]
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    return home, rank
+
+
+def static_match(part: Partition, grid: tuple[int, int, int], stride: tuple[int, int, int],
+                 num_keep: int, mode: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Data-independent ``(keep, restore)`` of shape (K,) and (N,): the ablations and the bound.
 
-    ``strided`` removes src tokens evenly across chunks; ``random`` removes a seeded random
-    subset. Removed tokens are represented by their own chunk's dst.
+    ``strided`` removes src tokens evenly across chunks (the first src of every chunk, then
+    the second, ...); ``random`` removes a seeded random subset. Removed tokens are
+    represented by their own chunk's dst.
     """
+    home, rank = _src_chunk_order(part, grid, stride)
     num_src = part.src_idx.numel()
     if mode == "strided":
-        key = part.src_rank_in_chunk.double() * (num_src + 1) + part.src_home.double()
-        order = torch.argsort(key.to(part.src_idx.device), stable=True)
+        key = rank.double() * (num_src + 1) + home.double()
+        order = torch.argsort(key, stable=True)
     elif mode == "random":
         generator = torch.Generator().manual_seed(seed + 1)
         order = torch.randperm(num_src, generator=generator).to(part.src_idx.device)
     else:
         raise ValueError(f"match_mode={mode!r} has no static form; use 'strided' or 'random'")
-    return _indices_from_order(order, part.src_home, part, num_keep)
+    return _indices_from_order(order, home, part, num_keep)
 
 
 def reduce_tokens(x: torch.Tensor, keep: torch.Tensor, restore: torch.Tensor, merge: str) -> torch.Tensor:
@@ -281,6 +330,6 @@ def match_video_tokens(
     metric: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``match`` on the video segment of the attention input ``x`` (B, H, S, D)."""
-    part = Partition(dst_idx, src_idx, dst_idx.new_empty(0), dst_idx.new_empty(0))
+    part = Partition(dst_idx, src_idx)
     video = x[:, :, video_start:video_start + video_len]
     return match(video, part, num_keep, metric)

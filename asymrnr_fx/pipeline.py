@@ -1,34 +1,48 @@
 """One call to accelerate a diffusers pipeline: ``apply(pipe, config)`` and ``remove(pipe)``.
 
-In the spirit of diffusers' ``enable_cache`` and tomesd's ``apply_patch``: it compiles the
-pipeline's transformer with the AsymRnR backend in place (whole model, or its repeated blocks)
-and wires step tracking to the pipeline's scheduler, so a new generation, and its step count,
-are known exactly rather than inferred from timestep values.
+In the spirit of diffusers' ``enable_cache`` (config -> state -> hook -> ``apply_*``): every
+transformer of the pipeline (``transformer`` and, for Wan 2.2's two experts,
+``transformer_2``) gets its own AsymRnR backend and state, and a diffusers ``ModelHook`` that
+
+* marks each forward and reads the latent grid from its input (evidence for graphs that do not
+  show the patch embedding: regional compilation, LTX-Video's pre-patchified tokens);
+* hears the pipeline's ``cache_context("cond"/"uncond", step_index=...)``: the CFG branch
+  by name, and the step where the pipeline gives it;
+* runs the transformer compiled with ``dynamic=False`` (a symbolic shape would turn the
+  rewrite off), whole or its repeated blocks.
+
+The pipeline's scheduler tells every state the generation and its step count
+(``set_timesteps``), the first step (``set_begin_index``) and each next step (``step``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from .backend import backend
+from .backend import AsymRnRBackend
 from .config import AsymRnRConfig
-from .dispatcher import DISPATCHER
+from .state import AsymRnRState
 
-__all__ = ["apply", "remove", "latent_grid"]
+__all__ = ["apply", "remove", "latent_grid", "states_of", "StepCallback", "AsymRnRHook"]
 
-_STATE = "_asymrnr_state"
+HOOK_NAME = "asymrnr"
+TRANSFORMER_NAMES = ("transformer", "transformer_2")
 
 
-def _transformer(pipe: Any) -> torch.nn.Module:
-    module = getattr(pipe, "transformer", pipe)
-    if not isinstance(module, torch.nn.Module):
+def _transformers(pipe: Any) -> list[torch.nn.Module]:
+    if isinstance(pipe, torch.nn.Module):
+        return [pipe]
+    found = [getattr(pipe, name, None) for name in TRANSFORMER_NAMES]
+    found = [m for m in found if isinstance(m, torch.nn.Module)]
+    if not found:
         raise ValueError(
             f"{type(pipe).__name__} has no `transformer` module: pass a diffusers video pipeline "
             "or the transformer itself"
         )
-    return module
+    return found
 
 
 def _patch_sizes(config: Any) -> tuple[int, int, int]:
@@ -41,8 +55,8 @@ def _patch_sizes(config: Any) -> tuple[int, int, int]:
 def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
     """The video token grid of this call, from the latent shape and the model's patch sizes.
 
-    Used as a hint where the graph does not show the grid (LTX-Video's pre-patchified tokens,
-    or repeated blocks compiled alone); the graph's own evidence wins.
+    Evidence for graphs that do not show the patch embedding (LTX-Video's pre-patchified
+    tokens, repeated blocks compiled alone); a graph's own patch embedding wins.
     """
     config = getattr(transformer, "config", None)
     hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -60,6 +74,124 @@ def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
     return -(-frames // pt), height // ph, width // pw
 
 
+def _hooks_module() -> Any:
+    try:
+        from diffusers.hooks import HookRegistry, ModelHook
+        from diffusers.hooks.hooks import BaseState, StateManager
+    except ImportError as exc:  # pragma: no cover - diffusers is a dependency
+        raise ImportError("asymrnr_fx.apply needs diffusers (pip install diffusers)") from exc
+    return HookRegistry, ModelHook, BaseState, StateManager
+
+
+HookRegistry, ModelHook, BaseState, StateManager = _hooks_module()
+
+
+class _NoState(BaseState):
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _ContextListener(StateManager):
+    """diffusers hands each ``cache_context(...)`` to the StateManagers of stateful hooks; this
+    one passes it on to the AsymRnR state (branch name, and the step where given)."""
+
+    def __init__(self, state: AsymRnRState) -> None:
+        super().__init__(_NoState)
+        self.asymrnr_state = state
+
+    def set_context(self, context: Any) -> None:
+        super().set_context(context)
+        state = self.asymrnr_state
+        state.set_branch(None if context is None else context.name)
+        step = getattr(context, "step_index", None)
+        if isinstance(step, int):
+            state.set_step(step, getattr(context, "num_inference_steps", None) or state.num_steps)
+
+
+class AsymRnRHook(ModelHook):
+    """Marks the transformer's forwards for its AsymRnR state and runs it compiled."""
+
+    _is_stateful = True
+
+    def __init__(self, state: AsymRnRState) -> None:
+        super().__init__()
+        self.state = state
+        self.context = _ContextListener(state)
+        self.compiled_forward: Any = None  # None when only the repeated blocks are compiled
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        state.add_grid_evidence(latent_grid(module, args, kwargs))
+        timestep = kwargs.get("timestep")
+        state.begin_forward(timestep if isinstance(timestep, torch.Tensor) else None)
+        forward = self.compiled_forward or self.fn_ref.original_forward
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            state.end_forward()
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module  # generations follow the scheduler, not hook resets
+
+
+def _hook(transformer: torch.nn.Module) -> AsymRnRHook | None:
+    registry = getattr(transformer, "_diffusers_hook", None)
+    return None if registry is None else registry.get_hook(HOOK_NAME)
+
+
+def states_of(target: Any) -> list[AsymRnRState]:
+    """The AsymRnR states of a backend, a state, or a pipeline / transformer given to
+    :func:`apply`."""
+    if isinstance(target, AsymRnRState):
+        return [target]
+    if isinstance(target, AsymRnRBackend):
+        return [target.state]
+    states = [hook.state for m in _transformers(target) if (hook := _hook(m)) is not None]
+    if not states:
+        raise ValueError(f"AsymRnR is not applied to {type(target).__name__}: call asymrnr_fx.apply first")
+    return states
+
+
+class _SchedulerTap:
+    """Tells states the generations and steps of a diffusers scheduler (instance methods
+    wrapped in place; :meth:`undo` restores them)."""
+
+    METHODS = ("set_timesteps", "set_begin_index", "step")
+
+    def __init__(self, scheduler: Any, states: list[AsymRnRState]) -> None:
+        self.scheduler = scheduler
+        self.states = states
+        for name in self.METHODS:
+            original = getattr(scheduler, name, None)
+            if callable(original):
+                setattr(scheduler, name, self._wrap(name, original))
+
+    def _wrap(self, name: str, original: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            getattr(self, f"_after_{name}")(*args, **kwargs)
+            return result
+
+        return wrapped
+
+    def _after_set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        for state in self.states:
+            state.begin_generation(len(self.scheduler.timesteps))
+
+    def _after_set_begin_index(self, begin_index: int = 0, *args: Any, **kwargs: Any) -> None:
+        for state in self.states:
+            state.set_step(int(begin_index))
+
+    def _after_step(self, *args: Any, **kwargs: Any) -> None:
+        for state in self.states:
+            if state.step >= 0:
+                state.set_step(state.step + 1)
+
+    def undo(self) -> None:
+        for name in self.METHODS:
+            vars(self.scheduler).pop(name, None)
+
+
 def apply(
     pipe: Any,
     config: AsymRnRConfig | None = None,
@@ -70,62 +202,86 @@ def apply(
     options: dict[str, Any] | None = None,
     **fields: Any,
 ) -> Any:
-    """Compile ``pipe.transformer`` with the AsymRnR backend and track its denoising steps.
+    """Compile the pipeline's transformer(s) with AsymRnR and tell them the denoising steps.
 
     Args:
-        pipe: a diffusers pipeline (or a bare transformer; then steps follow timesteps).
-        config: backend settings; ``fields`` are applied on top (e.g. ``kv_ratio=0.5``).
+        pipe: a diffusers pipeline (or a bare transformer: steps are then read from its
+            ``timestep`` input).
+        config: settings; ``fields`` are applied on top (e.g. ``kv_ratio=0.5``).
         regional: compile only the repeated blocks (``compile_repeated_blocks``): faster to
-            compile; the layer index follows the call order within each step.
+            compile, same rewrite (the grid comes from the transformer's input).
         inner, mode, options: as for :func:`asymrnr_fx.backend` and ``torch.compile``.
 
-    Returns ``pipe``. Undo with :func:`remove`.
+    Every transformer (``transformer``, ``transformer_2``) is its own application with its
+    own state; both follow the pipeline's scheduler. Returns ``pipe``; undo with :func:`remove`.
     """
-    transformer = _transformer(pipe)
-    if hasattr(transformer, _STATE):
-        raise ValueError("AsymRnR is already applied to this transformer: call remove(pipe) first")
-    compile_kwargs: dict[str, Any] = {"backend": backend(config, inner, **fields)}
-    if mode is not None:
-        compile_kwargs["mode"] = mode
-    if options is not None:
-        compile_kwargs["options"] = options
-    if regional:
-        transformer.compile_repeated_blocks(**compile_kwargs)
-    else:
-        transformer.compile(**compile_kwargs)
+    transformers = _transformers(pipe)
+    for transformer in transformers:
+        if _hook(transformer) is not None:
+            raise ValueError("AsymRnR is already applied to this transformer: call remove(pipe) first")
+    config = config or AsymRnRConfig()
+    if fields:
+        config = config.replace(**fields)
+    states = []
+    for transformer in transformers:
+        compiler = AsymRnRBackend(config, inner)
+        compiler.state.hooked = True
+        compile_kwargs: dict[str, Any] = {"backend": compiler, "dynamic": False}
+        if mode is not None:
+            compile_kwargs["mode"] = mode
+        if options is not None:
+            compile_kwargs["options"] = options
+        hook = AsymRnRHook(compiler.state)
+        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
+        if regional:
+            transformer.compile_repeated_blocks(**compile_kwargs)
+        else:
+            hook.compiled_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
+        states.append(compiler.state)
 
     scheduler = getattr(pipe, "scheduler", None)
-    if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-        original = scheduler.set_timesteps
-
-        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            DISPATCHER.begin_generation(len(scheduler.timesteps))
-            return result
-
-        scheduler.set_timesteps = set_timesteps
-    def hint_grid(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        DISPATCHER.grid_hint = latent_grid(module, args, kwargs)
-
-    hook = transformer.register_forward_pre_hook(hint_grid, with_kwargs=True)
-    setattr(transformer, _STATE, {"scheduler": scheduler, "regional": regional, "hook": hook})
-    DISPATCHER.reset()
+    tap = _SchedulerTap(scheduler, states) if scheduler is not None and not isinstance(pipe, torch.nn.Module) else None
+    for transformer in transformers:
+        transformer._asymrnr_applied = {"tap": tap, "regional": regional}
     return pipe
+
+
+def _compiled_modules(transformer: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    for module in transformer.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            yield module
 
 
 def remove(pipe: Any) -> Any:
-    """Undo :func:`apply`: the transformer runs uncompiled again and step tracking is unhooked."""
-    transformer = _transformer(pipe)
-    state = getattr(transformer, _STATE, None)
-    if state is None:
-        return pipe
-    for module in transformer.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
-    state["hook"].remove()
-    scheduler = state["scheduler"]
-    if scheduler is not None and "set_timesteps" in vars(scheduler):
-        del scheduler.set_timesteps
-    delattr(transformer, _STATE)
-    DISPATCHER.reset()
+    """Undo :func:`apply`: the transformers run uncompiled again and the scheduler is unhooked."""
+    for transformer in _transformers(pipe):
+        applied = getattr(transformer, "_asymrnr_applied", None)
+        if applied is None:
+            continue
+        transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+        if applied["regional"]:
+            for module in _compiled_modules(transformer):
+                module._compiled_call_impl = None
+        if applied["tap"] is not None:
+            applied["tap"].undo()
+        del transformer._asymrnr_applied
     return pipe
+
+
+class StepCallback:
+    """A diffusers ``callback_on_step_end`` that tells AsymRnR the next step.
+
+    ``pipe(..., callback_on_step_end=StepCallback(backend, num_steps))``: steps then follow
+    the pipeline's own loop. ``target`` is a backend, a state, or an applied pipeline.
+    """
+
+    def __init__(self, target: Any, num_steps: int | None = None) -> None:
+        self.states = states_of(target)
+        self.num_steps = num_steps
+        for state in self.states:
+            state.set_step(0, num_steps)
+
+    def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
+        for state in self.states:
+            state.set_step(step_index + 1, self.num_steps)
+        return callback_kwargs

@@ -6,7 +6,7 @@ site and step. "Layer" is the index of the attention site in call order within o
 of the transformer (one per self-attention call, so a dual-stream block counts once per
 SDPA call).
 
-Schedules are immutable and hashable, so the dispatcher can key compiled phases on them,
+Schedules are immutable and hashable, so the backend can key compiled phases on them,
 and they round-trip through JSON (``schema_version`` 1)::
 
     {
@@ -38,7 +38,6 @@ __all__ = [
     "COMPONENTS",
     "Schedule",
     "map_step",
-    "resolve_schedule",
 ]
 
 SCHEMA_VERSION = 1
@@ -500,39 +499,3 @@ def _tier_ratio(tier: float, rules: list[tuple[float, float]]) -> float:
         if tier >= t:
             return r
     return 0.0
-
-
-def resolve_schedule(
-    spec: Schedule | str | os.PathLike, num_layers: int, num_steps: int | None = None
-) -> Schedule:
-    """Turn a schedule spec into a :class:`Schedule` for a model with ``num_layers`` sites.
-
-    ``spec`` is a :class:`Schedule` (its ``num_layers`` must match), a preset name (see
-    :mod:`asymrnr_fx.presets`; built for ``num_steps``, or a default step count when
-    None, and mapped by relative position at run time), or a path to a schedule JSON file.
-    """
-    _check_count("num_layers", num_layers)
-    if isinstance(spec, Schedule):
-        sched, source = spec, f"schedule {spec.name!r}" if spec.name else "the schedule"
-    elif isinstance(spec, (str, os.PathLike)):
-        from . import presets
-
-        text = os.fspath(spec)
-        if isinstance(spec, str) and text in presets.PRESETS:
-            return presets.get_preset(text, num_layers, num_steps)
-        if not os.path.exists(text):
-            raise _fail(
-                f"schedule {text!r} is neither a preset ({', '.join(sorted(presets.PRESETS))}) "
-                "nor an existing JSON file"
-            )
-        sched, source = Schedule.load(text), f"schedule file {text!r}"
-    else:
-        raise _fail(
-            f"schedule={spec!r} is invalid: give a Schedule, a preset name or a JSON path"
-        )
-    if sched.num_layers != num_layers:
-        raise _fail(
-            f"{source} has num_layers={sched.num_layers} but the model has {num_layers} "
-            "attention sites: calibrate or build the schedule for this model"
-        )
-    return sched

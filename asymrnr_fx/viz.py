@@ -8,6 +8,8 @@ columns. The PNG draws layers x steps for Q and K/V side by side with pillow alo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 from tabulate import tabulate
@@ -28,12 +30,15 @@ _RAMP = [
 ]
 
 
-def step_runs(schedule: Schedule) -> list[tuple[int, int]]:
-    """Maximal runs ``[start, stop)`` of consecutive steps with identical ratios."""
+def step_runs(schedule: Schedule | Sequence[Any]) -> list[tuple[int, int]]:
+    """Maximal runs ``[start, stop)`` of consecutive steps with identical ratios (of a
+    schedule, or of a list holding each step's ratios)."""
+    rows = ([schedule.ratios_at(s) for s in range(schedule.num_steps)]
+            if isinstance(schedule, Schedule) else list(schedule))
     runs: list[tuple[int, int]] = []
     start = 0
-    for s in range(1, schedule.num_steps + 1):
-        if s == schedule.num_steps or schedule.ratios_at(s) != schedule.ratios_at(start):
+    for s in range(1, len(rows) + 1):
+        if s == len(rows) or rows[s] != rows[start]:
             runs.append((start, s))
             start = s
     return runs

@@ -1,14 +1,16 @@
 """Infer the video token grid and the text/video layout of a sequence from graph metadata.
 
 The grid comes from the patch-embedding convolution (its output's spatial shape, times the
-frame count for per-frame 2-D patching). The text segment comes from the concatenation that
-joins text and video tokens before attention. Neither is guessed: when the graph does not
-show them, the caller falls back (1-D partition) or leaves the site alone.
+frame count for per-frame 2-D patching), or from evidence gathered outside the graph (another
+graph's patch embedding, the model's input shape). The text segment comes from the
+concatenation that joins text and video tokens before attention. Neither is guessed: without
+evidence the site is left alone (a 1-D partition only on explicit opt-in).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from .walk import ancestors
 
-__all__ = ["SequenceLayout", "infer_grid", "infer_layout"]
+__all__ = ["SequenceLayout", "infer_grid", "infer_layout", "layout_from_evidence"]
 
 _CONV3D = {F.conv3d, torch.conv3d, torch.ops.aten.convolution.default}
 _CONV2D = {F.conv2d, torch.conv2d}
@@ -108,12 +110,21 @@ def infer_layout(
     grid: tuple[int, int, int] | None,
     text_tokens: int | None = None,
     text_side: str | None = None,
+    allow_1d: bool = False,
 ) -> SequenceLayout | str:
-    """The layout of an attention sequence of ``seq_len`` tokens, or the reason there is none."""
+    """The layout of an attention sequence of ``seq_len`` tokens, or the reason there is none.
+
+    Without a ``grid`` there is no proof that the sequence holds video: the site is left
+    alone unless ``allow_1d`` (then its video tokens are partitioned in 1-D).
+    """
     if grid is not None:
         video_len = math.prod(grid)
         if seq_len < video_len:
             return f"sequence of {seq_len} tokens is shorter than the {video_len} video tokens (not video attention)"
+    elif not allow_1d:
+        return ("no evidence that this is video: the graph shows no patch embedding and no grid "
+                "was given (use asymrnr_fx.apply(pipe), which reads the grid from the input, or "
+                "set grid=(T, H, W))")
     elif text_tokens is not None:
         video_len = seq_len - text_tokens
     else:
@@ -141,3 +152,28 @@ def infer_layout(
             return f"cannot tell where the {text_len} text tokens are (set text_side)"
     start = text_len if side == "before" else 0
     return SequenceLayout(start, video_len, token_grid, text_len, not one_d)
+
+
+def layout_from_evidence(
+    query: fx.Node,
+    seq_len: int,
+    grids: Sequence[tuple[int, int, int]],
+    text_tokens: int | None = None,
+    text_side: str | None = None,
+) -> SequenceLayout | str:
+    """The layout for the one grid among ``grids`` (evidence gathered outside this graph:
+    another graph's patch embedding, or the model's input) that fits the sequence."""
+    fits, reasons = {}, []
+    for grid in dict.fromkeys(grids):
+        layout = infer_layout(query, seq_len, grid, text_tokens, text_side)
+        if isinstance(layout, SequenceLayout):
+            fits[grid] = layout
+        else:
+            reasons.append(f"{grid}: {layout}")
+    if len(fits) == 1:
+        return next(iter(fits.values()))
+    if fits:
+        return f"several video grids fit this sequence ({sorted(fits)}): set grid=(T, H, W)"
+    if not reasons:
+        return infer_layout(query, seq_len, None, text_tokens, text_side)
+    return f"fits none of the video grids of this model ({'; '.join(reasons)})"

@@ -5,7 +5,9 @@ input, never copying them) in which each planned ``scaled_dot_product_attention`
 replaced by :func:`asymrnr_fx.ops.reduced_sdpa`. Match indices come from one of three places,
 the *variant* of the rewrite:
 
-* ``"refresh"``: computed in the graph and returned as extra outputs (after the originals);
+* ``"refresh"``: computed in the graph from the dst/src partition it takes as extra inputs
+  (after the originals; a fresh draw per site, component and refresh window), and returned
+  as extra outputs (after the originals);
 * ``"reuse"``: taken as extra inputs (after the originals): a matching-cache hit;
 * ``"static"``: precomputed constants (data-independent ``strided``/``random`` modes).
 """
@@ -63,14 +65,17 @@ class IndexSpec:
 
     site: int  # position of the site among the plans
     component: str  # "q", "kv" or "shared"
-    kind: str  # "keep" or "restore"
+    kind: str  # "dst" or "src" (partition), "keep" or "restore" (match)
     shape: tuple[int, ...]
 
 
 @dataclass
 class RewriteResult:
+    """The rewritten graph and the index tensors it takes and returns beyond the original's."""
+
     gm: fx.GraphModule
-    index_specs: list[IndexSpec]
+    extra_inputs: list[IndexSpec]
+    extra_outputs: list[IndexSpec]
 
 
 def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -93,56 +98,59 @@ def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], variant: str) -
     graph = new_gm.graph
     nodes = {n.name: n for n in find_sdpa_nodes(graph)}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    index_specs: list[IndexSpec] = []
+    input_specs: list[IndexSpec] = []
+    output_specs: list[IndexSpec] = []
     extra_outputs: list[fx.Node] = []
-    extra_inputs: list[fx.Node] = []
+
+    def add_input(name: str, spec: IndexSpec) -> fx.Node:
+        with graph.inserting_after(placeholders[-1]):
+            node = graph.placeholder(name)
+        placeholders.append(node)
+        input_specs.append(spec)
+        return node
 
     for site, plan in enumerate(plans):
         node = nodes[plan.node_name]
         args = sdpa_arguments(node)
         layout = plan.layout
-        example = node.meta.get("example_value")
-        device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
-        part = ops.partition(layout.grid, plan.partition_stride, plan.seed, device)
         num_keep = {"q": plan.q_keep, "kv": plan.kv_keep, "shared": plan.q_keep or plan.kv_keep}
         indices: dict[str, tuple[fx.Node, fx.Node]] = {}
         prefix = f"_asymrnr_{site}"
+        static_part = None
+        if plan.mode != "similarity":
+            example = node.meta.get("example_value")
+            device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
+            static_part = ops.partition(layout.grid, plan.partition_stride, plan.seed, device)
         with graph.inserting_before(node):
             for component in plan.components():
-                keep_shape = (plan.batch, plan.heads, num_keep[component])
-                restore_shape = (plan.batch, plan.heads, layout.video_len)
-                if plan.mode != "similarity":
-                    keep, restore = ops.static_match(part, num_keep[component], plan.mode, plan.seed)
-                    indices[component] = (
-                        _buffer(new_gm, f"{prefix}_{component}_keep", keep),
-                        _buffer(new_gm, f"{prefix}_{component}_restore", restore),
+                name = f"{prefix}_{component}"
+                keep_spec = IndexSpec(site, component, "keep", (plan.batch, plan.heads, num_keep[component]))
+                restore_spec = IndexSpec(site, component, "restore", (plan.batch, plan.heads, layout.video_len))
+                if static_part is not None:
+                    keep, restore = ops.static_match(static_part, layout.grid, plan.partition_stride,
+                                                     num_keep[component], plan.mode, plan.seed)
+                    indices[component] = (_buffer(new_gm, f"{name}_keep", keep),
+                                          _buffer(new_gm, f"{name}_restore", restore))
+                elif variant == "reuse":
+                    indices[component] = (add_input(f"{name}_keep", keep_spec),
+                                          add_input(f"{name}_restore", restore_spec))
+                else:
+                    num_dst = ops.dst_count(layout.grid, plan.partition_stride)
+                    dst = add_input(f"{name}_dst", IndexSpec(site, component, "dst", (num_dst,)))
+                    src = add_input(f"{name}_src", IndexSpec(site, component, "src", (layout.video_len - num_dst,)))
+                    source = {"q": args["query"], "kv": args["value"] if plan.match_on == "v" else args["key"],
+                              "shared": args["key"]}[component]
+                    matched = graph.call_function(
+                        ops.match_video_tokens,
+                        (source, dst, src),
+                        {"video_start": layout.video_start, "video_len": layout.video_len,
+                         "num_keep": num_keep[component], "metric": plan.metric},
                     )
-                    continue
-                for kind, shape in (("keep", keep_shape), ("restore", restore_shape)):
-                    index_specs.append(IndexSpec(site, component, kind, shape))
-                if variant == "reuse":
-                    with graph.inserting_after(placeholders[-1]):
-                        keep = graph.placeholder(f"{prefix}_{component}_keep")
-                    with graph.inserting_after(keep):
-                        restore = graph.placeholder(f"{prefix}_{component}_restore")
-                    placeholders.extend([keep, restore])
-                    extra_inputs.extend([keep, restore])
+                    keep = graph.call_function(operator.getitem, (matched, 0))
+                    restore = graph.call_function(operator.getitem, (matched, 1))
                     indices[component] = (keep, restore)
-                    continue
-                source = {"q": args["query"], "kv": args["value"] if plan.match_on == "v" else args["key"],
-                          "shared": args["key"]}[component]
-                dst = _buffer(new_gm, f"{prefix}_{component}_dst", part.dst_idx)
-                src = _buffer(new_gm, f"{prefix}_{component}_src", part.src_idx)
-                matched = graph.call_function(
-                    ops.match_video_tokens,
-                    (source, dst, src),
-                    {"video_start": layout.video_start, "video_len": layout.video_len,
-                     "num_keep": num_keep[component], "metric": plan.metric},
-                )
-                keep = graph.call_function(operator.getitem, (matched, 0))
-                restore = graph.call_function(operator.getitem, (matched, 1))
-                indices[component] = (keep, restore)
-                extra_outputs.extend([keep, restore])
+                    extra_outputs.extend([keep, restore])
+                    output_specs.extend([keep_spec, restore_spec])
             q_idx = indices.get("shared" if plan.symmetric else "q") if plan.q_keep else None
             kv_idx = indices.get("shared" if plan.symmetric else "kv") if plan.kv_keep else None
             replacement = graph.call_function(
@@ -165,4 +173,4 @@ def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], variant: str) -
         output.args = (tuple(result) + tuple(extra_outputs),)
     graph.lint()
     new_gm.recompile()
-    return RewriteResult(new_gm, index_specs)
+    return RewriteResult(new_gm, input_specs, output_specs)

@@ -2,24 +2,27 @@
 
 A site is rewritten only when the graph proves it is video self-attention: query, key and
 value are 4-D with static shapes, query and key have the same length, both are projections of
-the same inputs, and the video tokens form one contiguous segment (text, if any, before or
-after it). Everything else is left alone with a reason.
+the same inputs, the mask (if any) masks keys only, there is evidence of the video grid, and
+the video tokens form one contiguous segment (text, if any, before or after it). Everything
+else is left alone with a reason.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .grid import SequenceLayout, infer_grid, infer_layout
+from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
 from .walk import ancestors
 
-__all__ = ["AttentionSite", "SDPA_TARGETS", "find_sdpa_nodes", "sdpa_arguments", "classify_sites"]
+__all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "find_sdpa_nodes", "sdpa_arguments",
+           "classify_sites"]
 
 logger = logging.getLogger("asymrnr_fx")
 
@@ -34,6 +37,9 @@ def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 _SIGNATURE = inspect.signature(_sdpa_signature)
 
 
+DYNAMIC_SHAPES = "dynamic shapes: query/key/value sizes are symbolic (compile with dynamic=False)"
+
+
 @dataclass(frozen=True)
 class AttentionSite:
     """One attention call of the graph and what the pass decided about it."""
@@ -44,7 +50,6 @@ class AttentionSite:
     layout: SequenceLayout | None = None
     batch: int = 0
     heads: int = 0
-    head_dim: int = 0
 
 
 def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
@@ -96,7 +101,7 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
     name = node.name
     shapes = [_static_shape(args[k]) for k in ("query", "key", "value")]
     if any(s is None for s in shapes):
-        return AttentionSite(name, False, "query/key/value have no static shape metadata")
+        return AttentionSite(name, False, DYNAMIC_SHAPES)
     q_shape, k_shape, v_shape = shapes
     if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
         return AttentionSite(name, False, f"not 4-D (B, H, S, D) tensors: {q_shape}")
@@ -117,6 +122,11 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         m_shape = _static_shape(mask)
         if m_shape is None or len(m_shape) > 4:
             return AttentionSite(name, False, "attention mask without a static shape")
+        if len(m_shape) >= 2 and m_shape[-2] != 1:
+            # A per-query mask may be causal or block-causal: restoring Q could copy a later
+            # frame's output into an earlier position, and cutting it per head would expand
+            # it to (B, H, L, S). Only key masks (..., 1, S) are followed.
+            return AttentionSite(name, False, f"full query x key attention mask {m_shape} (may be causal)")
     q_sources = _projection_sources(args["query"])
     k_sources = _projection_sources(args["key"])
     if not q_sources or q_sources != k_sources:
@@ -124,7 +134,7 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
     layout = layout_for(node, args["query"], q_shape[2])
     if isinstance(layout, str):
         return AttentionSite(name, False, layout)
-    return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1], q_shape[3])
+    return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1])
 
 
 def classify_sites(
@@ -132,17 +142,22 @@ def classify_sites(
     grid: tuple[int, int, int] | None = None,
     text_tokens: int | None = None,
     text_side: str | None = None,
-    grid_hint: tuple[int, int, int] | None = None,
+    grid_evidence: Sequence[tuple[int, int, int]] = (),
+    allow_1d: bool = False,
 ) -> list[AttentionSite]:
     """Classify every attention site of ``graph``.
 
-    The grid is, in order: ``grid`` (explicit), the graph's patch embedding, ``grid_hint``
-    (e.g. from the model's config and input shape), else a 1-D partition per site.
+    The grid is, in order: ``grid`` (explicit), the graph's own patch embedding, the one
+    grid of ``grid_evidence`` (grids seen outside this graph: another graph's patch
+    embedding, the model's input shape) that fits the sequence. Without any, the site is
+    left alone, or partitioned in 1-D when ``allow_1d``.
     """
-    inferred_grid = grid or infer_grid(graph) or grid_hint
+    own_grid = grid or infer_grid(graph)
 
     def layout_for(node: fx.Node, query: fx.Node, seq_len: int) -> SequenceLayout | str:
-        return infer_layout(query, seq_len, inferred_grid, text_tokens, text_side)
+        if own_grid is None and grid_evidence:
+            return layout_from_evidence(query, seq_len, grid_evidence, text_tokens, text_side)
+        return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d)
 
     sites = []
     for node in find_sdpa_nodes(graph):

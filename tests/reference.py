@@ -49,9 +49,13 @@ def _reduce(x: torch.Tensor, kept: list[int], representative: dict[int, int], me
     return torch.stack(rows)
 
 
-def reference_attention(q, k, v, mask, *, video_start, video_len, dst, src, q_keep, kv_keep,
-                        metric="l2", merge="drop", match_on="v"):
-    """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole."""
+def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, kv_partition,
+                        q_keep, kv_keep, metric="l2", merge="drop", match_on="v"):
+    """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole.
+
+    ``q_partition`` and ``kv_partition`` are ``(dst, src)`` token lists: Q and K/V are
+    partitioned separately.
+    """
     q, k, v = q.double(), k.double(), v.double()
     batch, heads, seq, dim = q.shape
     out = torch.empty_like(q)
@@ -61,7 +65,7 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, dst, src, q_ke
             vid = slice(video_start, video_start + video_len)
             if kv_keep is not None:
                 source = (v if match_on == "v" else k)[b, h, vid]
-                kv_kept, kv_rep = reference_match(source, dst, src, kv_keep, metric)
+                kv_kept, kv_rep = reference_match(source, *kv_partition, kv_keep, metric)
                 k_video = _reduce(k[b, h, vid], kv_kept, kv_rep, merge)
                 v_video = _reduce(v[b, h, vid], kv_kept, kv_rep, merge)
                 k_cols = [t for t in text] + [video_start + t for t in kv_kept]
@@ -72,7 +76,7 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, dst, src, q_ke
             keys = torch.cat([k_text, k_video])
             values = torch.cat([v_text, v_video])
             if q_keep is not None:
-                q_kept, q_rep = reference_match(q[b, h, vid], dst, src, q_keep, metric)
+                q_kept, q_rep = reference_match(q[b, h, vid], *q_partition, q_keep, metric)
                 q_video = _reduce(q[b, h, vid], q_kept, q_rep, merge)
             else:
                 q_kept = list(range(video_len))
@@ -92,3 +96,24 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, dst, src, q_ke
             for t in range(video_len):
                 out[b, h, video_start + t] = result[row_of[video_start + q_rep[t]]]
     return out
+
+
+def reference_partition(grid, stride, seed):
+    """The documented dst draw, by loops: chunks of ``stride`` (clamped to the grid) in
+    row-major order, one uniformly drawn offset per complete chunk
+    (``torch.randint(chunk_volume, (num_chunks,))`` from a CPU generator seeded with ``seed``);
+    the token at that offset is the chunk's dst; every other token is src."""
+    t, h, w = grid
+    st, sh, sw = (min(s, g) for s, g in zip(stride, grid, strict=True))
+    nt, nh, nw = t // st, h // sh, w // sw
+    offsets = torch.randint(st * sh * sw, (nt * nh * nw,), generator=torch.Generator().manual_seed(seed))
+    dst = []
+    for ct in range(nt):
+        for ch in range(nh):
+            for cw in range(nw):
+                offset = int(offsets[(ct * nh + ch) * nw + cw])
+                ot, oh, ow = offset // (sh * sw), offset // sw % sh, offset % sw
+                dst.append(((ct * st + ot) * h + ch * sh + oh) * w + cw * sw + ow)
+    dst = sorted(dst)
+    chosen = set(dst)
+    return dst, [i for i in range(t * h * w) if i not in chosen]

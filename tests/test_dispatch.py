@@ -1,4 +1,4 @@
-"""Step tracking, phases and the matching cache over real sampling loops (issue: schedules)."""
+"""Phases, step tracking and the matching cache of one backend over real sampling loops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from diffusers import DDIMScheduler
 
 import asymrnr_fx
 from asymrnr_fx import Schedule
-from asymrnr_fx.dispatcher import DISPATCHER
 from asymrnr_fx.tiny_models import build_tiny
 
 STEPS = 50
@@ -39,38 +38,39 @@ def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str
     tiny = build_tiny(name, batch=1)
     schedule = _schedule(tiny.num_layers)
     torch._dynamo.reset()
-    DISPATCHER.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
-    compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(schedule=schedule, inner="eager"))
+    compiler = asymrnr_fx.backend(schedule=schedule, inner="eager")
+    compiled = torch.compile(tiny.model, backend=compiler)
     with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
         out = _loop(compiled, tiny.inputs, DDIMScheduler(), generations=2)
     assert torch.isfinite(out).all()
     assert counters["stats"]["unique_graphs"] == 1  # one Dynamo graph, no recompiles
     phases = [p for p in schedule.distinct_phases() if any(q or kv for q, kv in p)]
     assert len(phases) == 2
+    state = compiler.state
     # Per nonzero phase one refresh and one reuse variant; the all-zero phase is the plain graph.
-    assert DISPATCHER.stats["compiles"] == 1 + 2 * len(phases)
+    assert state.stats["compiles"] == 1 + 2 * len(phases)
     expected_refresh = [12, 15, 20, 25, 30, 32, 35, 40, 45]
-    assert DISPATCHER.refresh_steps == expected_refresh * 2
-    assert DISPATCHER.stats["generations"] == 1  # the second loop's restart was detected
-    hits = DISPATCHER.stats["cache_hits"]
-    assert hits > 0
+    assert state.refresh_steps == expected_refresh * 2
+    assert state.stats["generations"] == 2  # the second loop's restart was detected
+    assert state.stats["cache_hits"] > 0
 
 
 def test_reused_cache_equals_recomputed_matching() -> None:
     tiny = build_tiny("cogvideox", batch=1)
     torch._dynamo.reset()
-    DISPATCHER.reset()
-    compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(kv_ratio=0.5, q_ratio=0.5, inner="eager"))
+    compiler = asymrnr_fx.backend(kv_ratio=0.5, q_ratio=0.5, inner="eager")
+    compiled = torch.compile(tiny.model, backend=compiler)
+    state = compiler.state
     with torch.no_grad():
-        with asymrnr_fx.step(0):
-            refreshed = compiled(**tiny.inputs)[0]
-        refreshes = DISPATCHER.stats["cache_refreshes"]
-        with asymrnr_fx.step(1):  # same activations, indices reused from step 0
-            reused = compiled(**tiny.inputs)[0]
-    assert DISPATCHER.stats["cache_refreshes"] == refreshes
-    assert DISPATCHER.stats["cache_hits"] == 2 * tiny.num_layers
+        state.set_step(0)
+        refreshed = compiled(**tiny.inputs)[0]
+        refreshes = state.stats["cache_refreshes"]
+        state.set_step(1)  # same activations, indices reused from step 0
+        reused = compiled(**tiny.inputs)[0]
+    assert state.stats["cache_refreshes"] == refreshes
+    assert state.stats["cache_hits"] == 2 * tiny.num_layers
     assert torch.equal(refreshed, reused)
 
 
@@ -79,19 +79,20 @@ def test_cfg_in_one_batch_and_in_two_calls_count_the_same_steps() -> None:
     for style in ("one-batch", "two-calls"):
         tiny = build_tiny("wan", batch=2 if style == "one-batch" else 1)
         torch._dynamo.reset()
-        DISPATCHER.reset()
-        compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(kv_ratio=0.5, cache_interval=3, inner="eager"))
+        compiler = asymrnr_fx.backend(kv_ratio=0.5, cache_interval=3, inner="eager")
+        compiled = torch.compile(tiny.model, backend=compiler)
+        state = compiler.state
         seen = []
         with torch.no_grad():
             for t in (900, 700, 500, 300, 100):
                 calls = 1 if style == "one-batch" else 2
                 for _ in range(calls):
                     compiled(**{**tiny.inputs, "timestep": torch.full((tiny.inputs["hidden_states"].shape[0],), t)})
-                seen.append(DISPATCHER.step)
+                seen.append(state.step)
         steps_seen[style] = seen
-        assert DISPATCHER.refresh_steps == [0, 3]
+        assert state.refresh_steps == [0, 3]
         # Each CFG call keeps the indices matched on its own activations.
-        assert {branch for _, _, branch in DISPATCHER.cache} == ({0} if style == "one-batch" else {0, 1})
+        assert {branch for _, _, branch in state.cache} == ({0} if style == "one-batch" else {0, 1})
     assert steps_seen["one-batch"] == steps_seen["two-calls"] == [0, 1, 2, 3, 4]
 
 
@@ -101,37 +102,37 @@ def test_regional_compilation_honours_per_layer_ratios() -> None:
     outputs = {}
     for style in ("whole", "regional"):
         torch._dynamo.reset()
-        DISPATCHER.reset()
         model = build_tiny("wan", batch=1).model
+        compiler = asymrnr_fx.backend(config, inner="eager")
         if style == "whole":
-            model = torch.compile(model, backend=asymrnr_fx.backend(config, inner="eager"))
+            model = torch.compile(model, backend=compiler)
         else:
-            model.compile_repeated_blocks(backend=asymrnr_fx.backend(config, inner="eager"))
+            model.compile_repeated_blocks(backend=compiler)
         with torch.no_grad():
             for t in (900, 800):
                 outputs[style] = model(**{**tiny.inputs, "timestep": torch.full((1,), t)})[0]
-        assert sorted(DISPATCHER.cache) == [(0, "kv", 0)]  # layer 0 cut, layer 1 untouched
-        assert DISPATCHER.step == 1
+        assert sorted(compiler.state.cache) == [(0, "kv", 0)]  # layer 0 cut, layer 1 untouched
+        assert compiler.state.step == 1
     torch.testing.assert_close(outputs["whole"], outputs["regional"])
 
 
 def test_new_generation_drops_the_cache() -> None:
     tiny = build_tiny("wan", batch=1)
     torch._dynamo.reset()
-    DISPATCHER.reset()
-    compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(kv_ratio=0.5, inner="eager"))
+    compiler = asymrnr_fx.backend(kv_ratio=0.5, inner="eager")
+    compiled = torch.compile(tiny.model, backend=compiler)
+    state = compiler.state
     with torch.no_grad():
         for t in (900, 800, 900):
             compiled(**{**tiny.inputs, "timestep": torch.full((1,), t)})
-    assert DISPATCHER.step == 0 and DISPATCHER.stats["generations"] == 1
-    assert DISPATCHER.refresh_steps == [0]  # step 0 of the second generation appended nothing new
-    assert DISPATCHER.stats["cache_refreshes"] == 2 * tiny.num_layers  # K/V of each layer, twice
+    assert state.step == 0 and state.stats["generations"] == 2
+    assert state.refresh_steps == [0]  # step 0 of the second generation appended nothing new
+    assert state.stats["cache_refreshes"] == 2 * tiny.num_layers  # K/V of each layer, twice
 
 
 def test_schedule_with_the_wrong_layer_count_is_an_error() -> None:
     tiny = build_tiny("wan", batch=1)
     torch._dynamo.reset()
-    DISPATCHER.reset()
     schedule = Schedule.uniform(num_layers=5, num_steps=10, kv=0.3)
     compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(schedule=schedule, inner="eager"))
     with pytest.raises(Exception, match="num_layers=5"):
@@ -154,15 +155,17 @@ def test_composes_with_first_block_cache() -> None:
     tiny = build_tiny("wan", batch=1)
     tiny.model.enable_cache(FirstBlockCacheConfig(threshold=0.5))
     torch._dynamo.reset()
-    DISPATCHER.reset()
-    compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(kv_ratio=0.5, inner="eager"))
+    # The cache hook makes Dynamo run the transformer's own frame eagerly (only the blocks
+    # compile), so no graph shows the patch embedding: apply() gives the grid from the input.
+    asymrnr_fx.apply(tiny.model, kv_ratio=0.5, inner="eager")
+    (state,) = asymrnr_fx.states_of(tiny.model)
     steps = []
     with torch.no_grad():
         for t in range(900, 0, -100):
             with tiny.model.cache_context("cond"):
-                out = compiled(**{**tiny.inputs, "timestep": torch.full((1,), t)})[0]
+                out = tiny.model(**{**tiny.inputs, "timestep": torch.full((1,), t)})[0]
             assert torch.isfinite(out).all()
-            steps.append(DISPATCHER.step)
+            steps.append(state.step)
     # Steps whose later blocks the hook skips still advance the count.
     assert steps == list(range(9))
-    assert DISPATCHER.refresh_steps == [0, 5]
+    assert state.refresh_steps == [0, 5]

@@ -9,8 +9,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import asymrnr_fx
-from asymrnr_fx.dispatcher import DISPATCHER
-from asymrnr_fx.pipeline import apply, remove
+from asymrnr_fx.pipeline import apply, remove, states_of
 from asymrnr_fx.tiny_models import build_tiny
 
 
@@ -34,13 +33,14 @@ def test_apply_tracks_generations_from_the_scheduler_and_remove_undoes_it() -> N
             apply(pipe)
         first = _generate(pipe, tiny.inputs, 4)
         second = _generate(pipe, tiny.inputs, 4)  # same timesteps again: a new generation
-        assert DISPATCHER.num_steps == 4 and DISPATCHER.step == 3
-        assert DISPATCHER.stats["generations"] == 2
-        assert DISPATCHER.refresh_steps == [0, 2, 0, 2]
+        (state,) = states_of(pipe)
+        assert state.num_steps == 4 and state.step == 4  # told by the scheduler: 4 steps done
+        assert state.stats["generations"] == 2
+        assert state.refresh_steps == [0, 2, 0, 2]
         torch.testing.assert_close(first, second)
         assert not torch.equal(first, eager)
         remove(pipe)
-        assert "set_timesteps" not in vars(pipe.scheduler)
+        assert not {"set_timesteps", "step"} & set(vars(pipe.scheduler))
         torch.testing.assert_close(_generate(pipe, tiny.inputs, 4), eager)
 
 
@@ -65,7 +65,8 @@ def test_apply_gives_ltx_its_3d_grid() -> None:
     try:
         with torch.no_grad():
             pipe.transformer(**tiny.inputs)
-        (plan,) = {entry.key.layout for entry in DISPATCHER.cache.values()}
+        (state,) = states_of(pipe)
+        (plan,) = {entry.key.layout for entry in state.cache.values()}
         assert plan.grid == tiny.grid and plan.grid_inferred
     finally:
         remove(pipe)

@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asymrnr_fx
-from asymrnr_fx.dispatcher import DISPATCHER
-from asymrnr_fx.ops import kept_count, partition
+from asymrnr_fx.ops import dst_count, kept_count, partition, partition_seed, site_partition
 
-from .reference import reference_attention
+from .reference import reference_attention, reference_partition
 
 
 class JointAttention(torch.nn.Module):
@@ -96,10 +95,10 @@ def test_rewrite_matches_reference(case: dict) -> None:
     module, video, text, mask = _setup(case)
     config = _config(case)
     torch._dynamo.reset()
-    DISPATCHER.reset()
+    compiler = asymrnr_fx.backend(config, inner="eager")
     with torch.no_grad():
         eager = module(video, text, mask)
-        compiled = torch.compile(module, backend=asymrnr_fx.backend(config, inner="eager"), fullgraph=True)
+        compiled = torch.compile(module, backend=compiler, fullgraph=True)
         out = compiled(video, text, mask)
         q, k, v = module.qkv(video, text)
         q, k, v = q.detach(), k.detach(), v.detach()
@@ -113,29 +112,37 @@ def test_rewrite_matches_reference(case: dict) -> None:
     if config.is_identity or case["text"] == num_video:  # equal lengths: side unknown, left alone
         assert torch.equal(out, eager)
         return
-    part = partition(case["grid"], case["stride"], case["seed"])
+    if case["mask"] == "bool-full":  # a per-query mask may be causal: the site is left alone
+        assert torch.equal(out, eager) and not compiler.state.cache
+        return
+    # Step 0 is refresh window 0; Q and K/V each draw their own partition.
+    parts = {c: site_partition(case["grid"], case["stride"], seed=case["seed"], site=0, component=c,
+                               window=0) for c in ("q", "kv")}
     active = {}
     for component in ("q", "kv"):
         ratio = case[f"{component}_ratio"]
-        kept = kept_count(num_video, ratio, part.dst_idx.numel())
+        kept = kept_count(num_video, ratio, parts[component].dst_idx.numel())
         active[component] = kept if ratio > 0 and kept < num_video else None
     expected = reference_attention(
-        q, k, v, mask, video_start=start, video_len=num_video, dst=part.dst_idx.tolist(),
-        src=part.src_idx.tolist(), q_keep=active["q"], kv_keep=active["kv"], metric=case["metric"],
+        q, k, v, mask, video_start=start, video_len=num_video,
+        q_partition=(parts["q"].dst_idx.tolist(), parts["q"].src_idx.tolist()),
+        kv_partition=(parts["kv"].dst_idx.tolist(), parts["kv"].src_idx.tolist()),
+        q_keep=active["q"], kv_keep=active["kv"], metric=case["metric"],
         merge=case["merge"], match_on=case["match_on"],
     ).float()
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
     # Kept counts follow the formula, and every restored row copies its representative.
+    cache = compiler.state.cache
     for component in ("q", "kv"):
-        entry = DISPATCHER.cache.get((0, component, 0))
+        entry = cache.get((0, component, 0))
         if active[component] is None:
             assert entry is None
             continue
         assert entry.keep.shape == (q.shape[0], q.shape[1], active[component])
         assert entry.keep.shape[-1] == max(int(num_video * (1 - case[f"{component}_ratio"])),
-                                           part.dst_idx.numel())
-    entry = DISPATCHER.cache.get((0, "q", 0))
+                                           parts[component].dst_idx.numel())
+    entry = cache.get((0, "q", 0))
     if entry is not None:
         video_out = out[:, :, video_rows]
         representative = entry.keep.gather(-1, entry.restore)
@@ -160,6 +167,9 @@ def test_rewritten_graph_lints_and_leaves_input_alone(case: dict) -> None:
     gm = captured["gm"]
     before = gm.code
     sites = classify_sites(gm.graph, case["grid"])
+    if case["mask"] == "bool-full":
+        assert not sites[0].rewritable and "may be causal" in sites[0].reason
+        return
     if case["text"] == math.prod(case["grid"]):
         assert not sites[0].rewritable and "text_side" in sites[0].reason
         return
@@ -168,9 +178,11 @@ def test_rewritten_graph_lints_and_leaves_input_alone(case: dict) -> None:
     assert layout.video_len == math.prod(case["grid"]) and layout.text_len == case["text"]
     assert layout.text_side == (case["text_side"] if case["text"] else None)
     from asymrnr_fx.backend import GraphRunner
+    from asymrnr_fx.state import AsymRnRState
 
-    runner = GraphRunner(gm, sites, _config(case).replace(kv_ratio=0.5), lambda g, e: g.forward)
-    plans = runner.plans([(case["q_ratio"], 0.5)])
+    state = AsymRnRState(_config(case).replace(kv_ratio=0.5))
+    runner = GraphRunner(gm, sites, state, lambda g, e: g.forward)
+    plans = runner.plans(((case["q_ratio"], 0.5),))
     for variant in ("refresh", "reuse"):
         result = rewrite_attention(gm, list(plans), variant)
         result.gm.graph.lint()
@@ -241,3 +253,29 @@ def test_grid_that_does_not_match_the_tokens_is_an_error() -> None:
     compiled = torch.compile(module, backend=asymrnr_fx.backend(grid=(4, 4, 4), inner="eager"))
     with pytest.raises(Exception, match="grid"):
         compiled(video, text, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid=st.tuples(st.integers(1, 7), st.integers(1, 7), st.integers(1, 7)),
+       stride=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+       seed=st.integers(0, 2**31))
+def test_partition_matches_the_reference_draw(grid, stride, seed) -> None:
+    part = partition(grid, stride, seed)
+    dst, src = reference_partition(grid, stride, seed)
+    assert part.dst_idx.tolist() == dst and part.src_idx.tolist() == src
+    assert part.dst_idx.numel() == dst_count(grid, stride)
+
+
+def test_site_partitions_differ_by_site_component_and_window_and_are_reproducible() -> None:
+    grid, stride = (4, 6, 6), (2, 2, 2)
+    draws = {}
+    for site in (0, 1):
+        for component in ("q", "kv"):
+            for window in (0, 1):
+                part = site_partition(grid, stride, seed=3, site=site, component=component, window=window)
+                again = site_partition(grid, stride, seed=3, site=site, component=component, window=window)
+                assert torch.equal(part.dst_idx, again.dst_idx)
+                draws[(site, component, window)] = tuple(part.dst_idx.tolist())
+                seed = partition_seed(3, site, component, window)
+                assert draws[(site, component, window)] == tuple(reference_partition(grid, stride, seed)[0])
+    assert len(set(draws.values())) == len(draws)  # a fresh draw for every (site, component, window)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asymrnr_fx.presets import PRESETS, get_preset
-from asymrnr_fx.schedule import Schedule, map_step, resolve_schedule
+from asymrnr_fx.ratios import load_schedule_source
+from asymrnr_fx.schedule import Schedule, map_step
 
 ratio = st.floats(min_value=0.0, max_value=0.99, allow_nan=False).map(lambda x: round(x, 3))
 
@@ -169,26 +170,29 @@ def test_immutable() -> None:
 
 
 def test_resolve(tmp_path) -> None:
+    def resolve(spec, layers, steps):  # noqa: ANN001, ANN202
+        return load_schedule_source(spec).for_model(layers, steps)
+
     sched = Schedule.uniform(4, 3, kv=0.3)
-    assert resolve_schedule(sched, 4, None) is sched
-    with pytest.raises(ValueError, match="num_layers=4 but the model has 5"):
-        resolve_schedule(sched, 5, None)
-    assert resolve_schedule("mochi", 6, 10) == get_preset("mochi", 6, 10)
-    assert resolve_schedule("mochi", 6, None).num_steps == PRESETS["mochi"].default_steps
+    assert resolve(sched, 4, None) is sched
+    with pytest.raises(ValueError, match="num_layers=4 but the model runs 5"):
+        resolve(sched, 5, None)
+    assert resolve("mochi", 6, 10) == get_preset("mochi", 6, 10)
+    assert resolve("mochi", 6, None).num_steps == PRESETS["mochi"].default_steps
     path = tmp_path / "s.json"
     sched.save(path)
-    assert resolve_schedule(str(path), 4, 7) == sched
-    assert resolve_schedule(path, 4, None) == sched
-    with pytest.raises(ValueError, match="has num_layers=4 but the model has 2"):
-        resolve_schedule(path, 2, None)
+    assert resolve(str(path), 4, 7) == sched
+    assert resolve(path, 4, None) == sched
+    with pytest.raises(ValueError, match="has num_layers=4 but the model runs 2"):
+        resolve(path, 2, None)
     with pytest.raises(ValueError, match="neither a preset"):
-        resolve_schedule(str(tmp_path / "missing.json"), 4, None)
+        resolve(str(tmp_path / "missing.json"), 4, None)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json.*not valid JSON"):
-        resolve_schedule(bad, 4, None)
+        resolve(bad, 4, None)
     with pytest.raises(ValueError, match="invalid"):
-        resolve_schedule(3, 4, None)  # type: ignore[arg-type]
+        resolve(3, 4, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -1,0 +1,231 @@
+"""Where the ratios come from: the one place that turns settings into per-site ratios.
+
+It owns, in order of use:
+
+* **schedule sources**: a preset name, a schedule JSON file or a :class:`Schedule` object,
+  loaded and validated when the config is built (a typo fails at ``backend(...)``, not after
+  a model load and a compile), together with the matching settings the source carries
+  (a preset's stride and cache interval; a calibrated file's stride, cache interval, metric
+  and seed);
+* **effective settings**: explicit config fields win over the source's, which win over the
+  built-in defaults;
+* **whole-model resolution**: a preset is written in relative depth, so it is laid out only
+  once the model's attention-site count per forward is known (regional compilation and
+  graph breaks split the sites over several graphs);
+* **the step-count fallback**: the generation's told step count, else ``num_steps`` from the
+  config, else the schedule's own;
+* **attention-FLOP accounting** shared by calibration, the demo and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import presets
+from .ops import kept_count
+from .schedule import Schedule
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "ScheduleSource",
+    "load_schedule_source",
+    "effective_settings",
+    "RatioResolver",
+    "attention_flops_cut",
+    "per_step_ratios",
+]
+
+# Matching settings when neither the config nor the schedule gives them (CogVideoX's
+# reference values: the paper's most used setting).
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    "stride": (2, 2, 2),
+    "cache_interval": 5,
+    "metric": "l2",
+    "seed": 0,
+}
+SCHEDULE_SETTINGS = tuple(DEFAULT_SETTINGS)
+
+Ratios = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class ScheduleSource:
+    """A loaded schedule spec: a fixed :class:`Schedule`, or a preset laid out on demand."""
+
+    label: str
+    schedule: Schedule | None  # None for a preset (relative: needs the site count)
+    preset: presets.Preset | None
+    settings: Mapping[str, Any]
+
+    @property
+    def num_layers(self) -> int | None:
+        """Sites the schedule is written for (None: a preset fits any count)."""
+        return None if self.schedule is None else self.schedule.num_layers
+
+    def for_model(self, num_layers: int, num_steps: int | None = None) -> Schedule:
+        """The schedule for a model with ``num_layers`` attention sites per forward."""
+        if self.preset is not None:
+            return presets.get_preset(self.preset.name, num_layers, num_steps)
+        assert self.schedule is not None
+        if self.schedule.num_layers != num_layers:
+            raise ValueError(
+                f"{self.label} has num_layers={self.schedule.num_layers} but the model runs "
+                f"{num_layers} attention sites per forward: calibrate or build the schedule "
+                "for this model"
+            )
+        return self.schedule
+
+
+def _settings_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if "stride" in meta:
+        settings["stride"] = tuple(int(s) for s in meta["stride"])
+    if "cache_interval" in meta:
+        settings["cache_interval"] = int(meta["cache_interval"])
+    if meta.get("metric") in ("l2", "cosine"):
+        settings["metric"] = meta["metric"]
+    if "seed" in meta:
+        settings["seed"] = int(meta["seed"])
+    return settings
+
+
+def load_schedule_source(spec: Schedule | str | os.PathLike) -> ScheduleSource:
+    """Load a schedule spec: a :class:`Schedule`, a preset name or a JSON file path.
+
+    Every problem is a ``ValueError`` that names the spec and the fix.
+    """
+    if isinstance(spec, Schedule):
+        label = f"schedule {spec.name!r}" if spec.name else "the schedule"
+        return ScheduleSource(label, spec, None, _settings_from_meta(spec.meta))
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if isinstance(spec, str) and text in presets.PRESETS:
+            preset = presets.PRESETS[text]
+            settings = {"stride": preset.stride, "cache_interval": preset.cache_interval}
+            return ScheduleSource(f"preset {text!r}", None, preset, settings)
+        if not os.path.exists(text):
+            raise ValueError(
+                f"schedule={text!r} is neither a preset ({', '.join(presets.PRESETS)}) nor an "
+                "existing schedule JSON file"
+            )
+        schedule = Schedule.load(text)
+        return ScheduleSource(f"schedule file {text!r}", schedule, None,
+                              _settings_from_meta(schedule.meta))
+    raise ValueError(f"schedule={spec!r} is invalid: give a Schedule, a preset name or a JSON path")
+
+
+def effective_settings(explicit: Mapping[str, Any], source: ScheduleSource | None) -> dict[str, Any]:
+    """Matching settings: explicit fields, else the schedule source's, else the defaults."""
+    from_source = dict(source.settings) if source is not None else {}
+    return {name: explicit[name] if explicit.get(name) is not None
+            else from_source.get(name, DEFAULT_SETTINGS[name])
+            for name in SCHEDULE_SETTINGS}
+
+
+class RatioResolver:
+    """Per-site ``(q, kv)`` ratios of one application, resolved for the whole model.
+
+    ``ratios(step, num_steps, first, count)`` gives the ratios of ``count`` consecutive
+    attention sites starting at site ``first`` (call order within a forward). It returns
+    None while a preset still waits for the model's site count (the caller then runs those
+    sites unreduced: presets never reduce the first step). The count becomes known through
+    :meth:`set_sites_per_forward`, which also checks fixed-length schedules against it.
+    """
+
+    def __init__(self, config: Any) -> None:  # AsymRnRConfig (imported lazily: no circle)
+        self.config = config
+        self.source: ScheduleSource | None = config.schedule_source
+        self.sites_per_forward: int | None = None
+        self._schedule: Schedule | None = None
+        self._num_layers = (len(config.layer_ratios) if config.layer_ratios is not None
+                            else self.source.num_layers if self.source is not None else None)
+        if self.source is not None and self.source.schedule is not None:
+            self._schedule = self.source.schedule
+
+    @property
+    def uniform(self) -> bool:
+        """True when every site gets the same ratios (no site count is needed)."""
+        return self.source is None and self.config.layer_ratios is None
+
+    def _layer_label(self) -> str:
+        if self.config.layer_ratios is not None:
+            return f"layer_ratios has {len(self.config.layer_ratios)} entries"
+        assert self.source is not None
+        return f"{self.source.label} has num_layers={self._num_layers}"
+
+    def set_sites_per_forward(self, count: int) -> None:
+        """The model runs ``count`` attention sites per forward (learned or told)."""
+        if self.sites_per_forward == count:
+            return
+        if self._num_layers is not None and count != self._num_layers:
+            raise ValueError(
+                f"{self._layer_label()} but the model runs {count} attention sites per "
+                "forward: build the schedule (or layer_ratios) for this model, e.g. with "
+                "`asymrnr calibrate`, or use a preset (presets fit any site count)"
+            )
+        self.sites_per_forward = count
+        if self.source is not None and self.source.preset is not None:
+            self._schedule = self.source.for_model(count, self.config.num_steps)
+
+    def schedule_steps(self) -> int | None:
+        return self._schedule.num_steps if self._schedule is not None else None
+
+    def ratios(self, step: int, num_steps: int | None, first: int, count: int) -> Ratios | None:
+        """Ratios of sites ``first .. first + count - 1`` at ``step`` (None: not known yet)."""
+        config = self.config
+        if self.uniform:
+            return ((config.q_ratio, config.kv_ratio),) * count
+        if self._num_layers is not None and first + count > self._num_layers:
+            raise ValueError(
+                f"{self._layer_label()} but the model runs more attention sites per forward "
+                f"(at least {first + count}): build the schedule for this model"
+            )
+        if config.layer_ratios is not None:
+            return tuple(config.layer_ratios[first:first + count])
+        if self._schedule is None:
+            return None
+        steps = num_steps or config.num_steps or self._schedule.num_steps
+        per_layer = self._schedule.ratios_at(min(step, steps - 1), steps)
+        return tuple(per_layer[first:first + count])
+
+
+# --------------------------------------------------------------- attention accounting
+def attention_flops_cut(
+    per_step: Sequence[Ratios],
+    *,
+    num_video: int,
+    num_dst: int,
+    text_tokens: int = 0,
+    symmetric: bool = False,
+) -> float:
+    """Share of the video self-attention FLOPs removed by these ratios.
+
+    ``per_step`` holds, for every denoising step, the ``(q, kv)`` ratio of every site.
+    Attention cost per site and step is ``(text + kept_q) * (text + kept_kv)`` (the
+    ``QK^T`` and ``PV`` products; matching and gathers are not counted); ``symmetric``
+    cuts Q and K/V by the larger of the two ratios, as the backend plans it.
+    """
+    full = spent = 0
+    for ratios in per_step:
+        for q, kv in ratios:
+            if symmetric:
+                q = kv = max(q, kv)
+            spent += (text_tokens + kept_count(num_video, q, num_dst)) * (
+                text_tokens + kept_count(num_video, kv, num_dst))
+            full += (text_tokens + num_video) ** 2
+    return 1.0 - spent / full if full else 0.0
+
+
+def per_step_ratios(config: Any, num_layers: int, num_steps: int) -> list[Ratios]:
+    """The ``(q, kv)`` ratios of every site at every step of a generation under ``config``."""
+    resolver = RatioResolver(config)
+    resolver.set_sites_per_forward(num_layers)
+    out = []
+    for step in range(num_steps):
+        ratios = resolver.ratios(step, num_steps, 0, num_layers)
+        assert ratios is not None
+        out.append(ratios)
+    return out

@@ -1,0 +1,321 @@
+"""The runtime state of one application of AsymRnR: which step, which site, which indices.
+
+Compiled graphs carry no step state (a Dynamo-guarded step int would recompile per value and
+fall back to eager after 8). Every graph a backend compiles asks its application's
+:class:`AsymRnRState`, on each call, which denoising step is running and which attention
+sites it holds; the state keeps the match indices reused between refresh steps.
+
+One state per application: each :func:`asymrnr_fx.backend` call and each transformer that
+:func:`asymrnr_fx.apply` compiles owns one, so two models (Wan 2.2's two experts, two
+pipelines) never share steps or indices. ``torch.compiler.reset()`` resets it.
+
+**Steps are told where possible** (:class:`StepTracker`):
+
+* ``apply(pipe)`` tells the generation and its step count from the pipeline's scheduler
+  (``set_timesteps``; then one step per ``scheduler.step`` call), takes ``step_index`` and
+  the CFG branch name from diffusers' ``cache_context(...)`` when the pipeline gives them,
+  and marks each forward of the transformer;
+* :meth:`AsymRnRState.set_step` (or :class:`asymrnr_fx.StepCallback`) pins steps by hand.
+
+**Guessed last**, from the graphs' own inputs (plain ``torch.compile`` without ``apply``): one
+tick source per forward (a graph with a ``timestep`` input; else, for repeated blocks compiled
+alone, ``temb``); the largest timestep value (per-token timesteps); the first two distinct
+values set the direction (decreasing, or increasing as in Mochi) and a move against it starts a
+new generation; a repeated value is another forward of the same step (CFG in two calls, or a
+second-order scheduler's repeated timestep).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .ops import Partition, partition, site_partition
+from .ratios import RatioResolver
+
+__all__ = ["AsymRnRState", "StepTracker", "CacheEntry"]
+
+logger = logging.getLogger("asymrnr_fx")
+
+
+class StepTracker:
+    """The denoising step and the forward within it, told or guessed (see module docs)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = -1
+        self.num_steps: int | None = None
+        self.generations = 0
+        self.told = False  # a scheduler, a pipeline context or the user tells the steps
+        self.forwards_in_step = 0
+        self.branch_name: str | None = None
+        self._last_value: float | None = None
+        self._direction = 0
+        self._temb_ref: weakref.ref | None = None
+        self._temb_value: torch.Tensor | None = None
+
+    # -- told ------------------------------------------------------------------------------
+    def begin_generation(self, num_steps: int | None = None, *, told: bool = True) -> None:
+        """A new generation of ``num_steps`` steps starts (its first forward is step 0)."""
+        self.generations += 1
+        self.num_steps = num_steps
+        self.step = 0 if told else -1
+        self.told = self.told or told
+        self.forwards_in_step = 0
+        self._last_value = None
+        self._direction = 0
+        self._temb_value = None
+
+    def tell_step(self, step: int, num_steps: int | None = None) -> None:
+        """Step ``step`` runs next (an earlier step than the current one: a new generation)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step={step!r} is invalid: a non-negative int")
+        if num_steps is not None:
+            if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+                raise ValueError(f"num_steps={num_steps!r} is invalid: a positive int")
+            self.num_steps = num_steps
+        if step < self.step or self.generations == 0:
+            self.begin_generation(self.num_steps)
+        if step != self.step:
+            self.forwards_in_step = 0
+        self.step = step
+        self.told = True
+
+    # -- guessed -----------------------------------------------------------------------------
+    def advance(self) -> None:
+        """The next step (more steps than the generation has: a new generation)."""
+        if self.generations == 0 or (self.num_steps is not None and self.step + 1 >= self.num_steps):
+            self.begin_generation(self.num_steps, told=False)
+            self.step = 0
+            return
+        self.step += 1
+        self.forwards_in_step = 0
+
+    def observe_timestep(self, timestep: torch.Tensor) -> None:
+        """A forward with this ``timestep`` input starts (the guessing fallback)."""
+        value = float(timestep.max()) if timestep.numel() else 0.0
+        last = self._last_value
+        if last is None:
+            if self.step < 0 or self.generations == 0:
+                self.advance()
+        elif value != last:  # (an equal value is another forward of the same step)
+            direction = 1 if value > last else -1
+            if self._direction and direction != self._direction:
+                self.begin_generation(self.num_steps, told=False)
+                self.step = 0
+            else:
+                self._direction = direction
+                self.advance()
+        self._last_value = value
+
+    def observe_temb(self, temb: torch.Tensor) -> tuple[bool, bool]:
+        """A repeated block receives ``temb``: ``(new forward, new value)``.
+
+        A new tensor object is a new forward; a new value is a new step.
+        """
+        if self._temb_ref is not None and self._temb_ref() is temb:
+            return False, False
+        self._temb_ref = weakref.ref(temb)
+        previous = self._temb_value
+        changed = previous is None or previous.shape != temb.shape or not torch.equal(previous, temb)
+        self._temb_value = temb.detach().clone()
+        return True, changed
+
+    # -- forwards ------------------------------------------------------------------------------
+    def start_forward(self) -> None:
+        if self.step < 0:
+            self.advance()
+        self.forwards_in_step += 1
+
+    @property
+    def branch(self) -> str | int:
+        """Which forward of the step this is: the pipeline's name for it ("cond",
+        "uncond"), else its index within the step (0, or 1 for the second CFG call)."""
+        if self.branch_name is not None:
+            return self.branch_name
+        return max(self.forwards_in_step - 1, 0)
+
+
+@dataclass
+class CacheEntry:
+    """Match indices of one (site, component, branch), made in refresh window ``window``
+    for exactly the site plan ``key``."""
+
+    key: Any
+    window: int
+    keep: torch.Tensor
+    restore: torch.Tensor
+
+
+class AsymRnRState:
+    """Step tracking, site counting, grid evidence and the matching cache of one application."""
+
+    def __init__(self, config: Any) -> None:  # AsymRnRConfig
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget steps, the site count, the matching cache and the statistics."""
+        self.tracker = StepTracker()
+        self.tracker.num_steps = self.config.num_steps
+        self.ratios = RatioResolver(self.config)
+        self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
+        self.stats: Counter[str] = Counter()
+        self.refresh_steps: list[int] = []
+        self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
+        # Video token grids seen in this model, by token count: from a graph's patch
+        # embedding or from the model's input (apply's hook). Used where a graph shows none.
+        self.grid_evidence: dict[int, tuple[int, int, int]] = {}
+        self.hooked = False  # apply() marks forwards; graphs then never tick
+        self.tick_kind: str | None = None  # the fallback's one tick source: "timestep" or "temb"
+        self.site_cursor = 0  # sites claimed in the running forward
+        self.sites_seen: list[tuple[str, str]] = []  # (site, reason) left alone, first forward
+        self.sites_rewritable = 0
+        self._forward_open = False
+        self._warned_nothing = False
+
+    # -- steps ----------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.tracker.step
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.tracker.num_steps
+
+    def begin_generation(self, num_steps: int | None = None) -> None:
+        """A new generation of ``num_steps`` steps starts: the matching cache is dropped."""
+        self.tracker.begin_generation(num_steps)
+        self._follow_generation()
+
+    def set_step(self, step: int, num_steps: int | None = None) -> None:
+        """Pin the step of the next forward(s) (turns guessing off until :meth:`reset`)."""
+        self.tracker.tell_step(step, num_steps)
+        self._follow_generation()
+
+    def _follow_generation(self) -> None:
+        """Indices never outlive their generation."""
+        if self.stats["generations"] != self.tracker.generations:
+            self.stats["generations"] = self.tracker.generations
+            self.cache.clear()
+
+    def set_branch(self, name: str | None) -> None:
+        """The pipeline names the forwards to come (diffusers' ``cache_context``)."""
+        self.tracker.branch_name = name
+
+    # -- forwards -------------------------------------------------------------------------
+    def begin_forward(self, timestep: torch.Tensor | None = None) -> None:
+        """A forward of the model starts. Unless steps are told, ``timestep`` ticks them."""
+        self.end_forward()
+        if not self.tracker.told and isinstance(timestep, torch.Tensor):
+            self.tracker.observe_timestep(timestep)
+        self._open_forward()
+
+    def end_forward(self) -> None:
+        """The running forward ended: its site count is the model's (checked against the
+        schedule once, when first learned)."""
+        if not self._forward_open:
+            return
+        self._forward_open = False
+        if self.ratios.sites_per_forward is None:
+            if self.site_cursor:
+                self.ratios.set_sites_per_forward(self.site_cursor)
+            self._warn_if_nothing_rewritten()
+
+    def on_graph_call(self, tick_kind: str | None, tick_input: Any) -> None:
+        """A compiled graph is called; the fallback's tick source starts a forward."""
+        if self.hooked or tick_kind is None or tick_kind != self.tick_kind:
+            return
+        if tick_kind == "timestep":
+            self.begin_forward(tick_input)
+            return
+        new_forward, changed = self.tracker.observe_temb(tick_input)
+        if not new_forward:
+            return
+        self.end_forward()
+        if changed and not self.tracker.told:
+            self.tracker.advance()
+        self._open_forward()
+
+    def _open_forward(self) -> None:
+        self.tracker.start_forward()
+        self._follow_generation()
+        self.stats["forwards"] += 1
+        self.site_cursor = 0
+        self._forward_open = True
+
+    def register_tick_source(self, kind: str | None) -> None:
+        """A graph with a ``timestep`` (or only a ``temb``) input was compiled."""
+        if kind == "timestep" or (kind == "temb" and self.tick_kind is None):
+            self.tick_kind = kind
+
+    def claim_sites(self, count: int) -> tuple[int, int]:
+        """Reserve ``count`` consecutive site indices of this forward: ``(step, first)``."""
+        if not self._forward_open:  # no tick source at all: one long forward
+            self._open_forward()
+        first = self.site_cursor
+        self.site_cursor += count
+        return self.tracker.step, first
+
+    def site_ratios(self, step: int, first: int, count: int):  # noqa: ANN201
+        """``(q, kv)`` per site, or None while a preset waits for the model's site count."""
+        return self.ratios.ratios(step, self.tracker.num_steps, first, count)
+
+    # -- what the pass found ---------------------------------------------------------------
+    def add_grid_evidence(self, grid: tuple[int, int, int] | None) -> None:
+        if grid is not None:
+            self.grid_evidence.setdefault(grid[0] * grid[1] * grid[2], tuple(grid))
+
+    def record_sites(self, sites: list[Any]) -> None:
+        """A graph's classified sites, for the "nothing rewritten" warning."""
+        for site in sites:
+            if site.rewritable:
+                self.sites_rewritable += 1
+            else:
+                self.sites_seen.append((site.node_name, site.reason))
+
+    def _warn_if_nothing_rewritten(self) -> None:
+        if self._warned_nothing or self.sites_rewritable or not self.sites_seen:
+            return
+        self._warned_nothing = True
+        reasons = sorted({reason for _, reason in self.sites_seen})
+        logger.warning(
+            "asymrnr: %d attention site(s) seen and none rewritten, so AsymRnR does nothing "
+            "here. Reasons: %s", len(self.sites_seen), " | ".join(reasons))
+
+    # -- the matching cache and the partitions ------------------------------------------------
+    def window(self, step: int) -> int:
+        """The refresh window of ``step``: matching is recomputed at its first step."""
+        return step // self.config.cache_interval
+
+    def is_refresh_step(self, step: int) -> bool:
+        return step % self.config.cache_interval == 0
+
+    def partition(self, site: int, component: str, window: int, grid: tuple[int, int, int],
+                  stride: tuple[int, int, int], device: torch.device) -> Partition:
+        """The dst/src split of (site, component, refresh window); see
+        :func:`asymrnr_fx.ops.site_partition`."""
+        if not self.config.resample_partition:
+            return partition(grid, stride, self.config.seed, device)
+        return site_partition(grid, stride, seed=self.config.seed, site=site,
+                              component=component, window=window, device=device)
+
+    def lookup(self, site: int, component: str, key: Any, window: int,
+               device: torch.device) -> CacheEntry | None:
+        """Cached indices of (site, component) for this forward's branch, if made in this
+        refresh window for exactly ``key`` (the site plan) on ``device``."""
+        entry = self.cache.get((site, component, self.tracker.branch))
+        if entry is None or entry.key != key or entry.window != window or entry.keep.device != device:
+            return None
+        return entry
+
+    def store(self, site: int, component: str, key: Any, window: int, keep: torch.Tensor,
+              restore: torch.Tensor) -> None:
+        self.cache[(site, component, self.tracker.branch)] = CacheEntry(key, window, keep, restore)
