@@ -25,21 +25,12 @@ from .config import AsymRnRConfig
 from .ops import dst_count, kept_count
 from .passes.grid import infer_grid
 from .passes.rewrite import SitePlan, rewrite_attention
-from .passes.sites import DYNAMIC_SHAPES, AttentionSite, classify_sites
+from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites
 from .state import AsymRnRState
 
 __all__ = ["AsymRnRBackend", "backend", "asymrnr_backend", "GraphRunner", "inductor_config_patches"]
 
-logger = logging.getLogger("asymrnr_fx")
-_logged: set[str] = set()
-
 CompileFn = Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]
-
-
-def _log_once(message: str, level: int = logging.INFO) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        logger.log(level, message)
 
 
 def inductor_config_patches(mode: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -121,7 +112,7 @@ class GraphRunner:
         for ratio in (q, kv):
             keep = kept_count(layout.video_len, ratio, num_dst) if ratio > 0 else None
             if keep is not None and keep > int(layout.video_len * (1.0 - ratio)):
-                _log_once(
+                self.state.log_once(
                     f"asymrnr: ratio {ratio:g} at {site.node_name} removes more than the "
                     f"partition's src tokens ({layout.video_len - num_dst} of {layout.video_len} "
                     f"with stride {config.stride}): capped at {1 - num_dst / layout.video_len:.3f}; "
@@ -222,6 +213,25 @@ def _reports_ticks(gm: fx.GraphModule, state: AsymRnRState, compiled: Callable[.
     return run
 
 
+def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState) -> None:
+    """INFO per site; a WARNING when a graph's sites are all left alone for a reason the user
+    can fix (the speedup must never disappear silently)."""
+    for site in sites:
+        if not site.rewritable:
+            state.log_once(f"asymrnr: left {site.node_name} alone: {site.reason}")
+        elif not site.layout.grid_inferred:
+            state.log_once(f"asymrnr: {site.node_name}: 1-D partition over the video tokens "
+                      "(allow_1d_partition=True; set grid=(T, H, W) for the paper's 3-D chunks)")
+    if not sites:
+        return
+    rewritten = sum(s.rewritable for s in sites)
+    state.log_once(f"asymrnr: graph {id(gm.graph):x}: {rewritten} of {len(sites)} attention sites rewritten")
+    fixable = sorted({s.reason for s in sites if not s.rewritable and not s.reason.startswith(NOT_VIDEO)})
+    if not rewritten and fixable:
+        state.log_once(f"asymrnr: {len(sites)} attention site(s) in a graph and none rewritten, so "
+                  f"AsymRnR does nothing there: {' | '.join(fixable)}", logging.WARNING)
+
+
 def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymRnRState,
                  compile_graph: CompileFn) -> Callable[..., Any]:
     """The callable that replaces ``gm``: plain compile when nothing is to be rewritten."""
@@ -231,16 +241,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
                            grid_evidence=list(state.grid_evidence.values()),
                            allow_1d=config.allow_1d_partition)
     state.record_sites(sites)
-    for site in sites:
-        if not site.rewritable:
-            level = logging.WARNING if site.reason == DYNAMIC_SHAPES else logging.INFO
-            _log_once(f"asymrnr: left {site.node_name} alone: {site.reason}", level)
-        elif not site.layout.grid_inferred:
-            _log_once(f"asymrnr: {site.node_name}: 1-D partition over the video tokens "
-                      "(allow_1d_partition=True; set grid=(T, H, W) for the paper's 3-D chunks)")
-    if sites:
-        rewritten = sum(s.rewritable for s in sites)
-        _log_once(f"asymrnr: graph {id(gm.graph):x}: {rewritten} of {len(sites)} attention sites rewritten")
+    _log_sites(gm, sites, state)
     runner_sites = [s for s in sites if s.rewritable]
     if config.grid is not None and sites and not runner_sites:
         too_short = [s for s in sites if "shorter than the" in s.reason]

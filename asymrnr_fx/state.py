@@ -176,10 +176,16 @@ class AsymRnRState:
         self.hooked = False  # apply() marks forwards; graphs then never tick
         self.tick_kind: str | None = None  # the fallback's one tick source: "timestep" or "temb"
         self.site_cursor = 0  # sites claimed in the running forward
-        self.sites_seen: list[tuple[str, str]] = []  # (site, reason) left alone, first forward
+        self.sites_left_alone: list[tuple[str, str]] = []  # (site, reason), per compiled graph
         self.sites_rewritable = 0
         self._forward_open = False
-        self._warned_nothing = False
+        self._logged: set[str] = set()
+
+    def log_once(self, message: str, level: int = logging.INFO) -> None:
+        """Log ``message`` once per application (a site left alone is said once, not per call)."""
+        if message not in self._logged:
+            self._logged.add(message)
+            logger.log(level, message)
 
     # -- steps ----------------------------------------------------------------------------
     @property
@@ -224,10 +230,8 @@ class AsymRnRState:
         if not self._forward_open:
             return
         self._forward_open = False
-        if self.ratios.sites_per_forward is None:
-            if self.site_cursor:
-                self.ratios.set_sites_per_forward(self.site_cursor)
-            self._warn_if_nothing_rewritten()
+        if self.ratios.sites_per_forward is None and self.site_cursor:
+            self.ratios.set_sites_per_forward(self.site_cursor)
 
     def on_graph_call(self, tick_kind: str | None, tick_input: Any) -> None:
         """A compiled graph is called; the fallback's tick source starts a forward."""
@@ -274,21 +278,12 @@ class AsymRnRState:
             self.grid_evidence.setdefault(grid[0] * grid[1] * grid[2], tuple(grid))
 
     def record_sites(self, sites: list[Any]) -> None:
-        """A graph's classified sites, for the "nothing rewritten" warning."""
+        """A compiled graph's classified sites (statistics: what was rewritten, and why not)."""
         for site in sites:
             if site.rewritable:
                 self.sites_rewritable += 1
             else:
-                self.sites_seen.append((site.node_name, site.reason))
-
-    def _warn_if_nothing_rewritten(self) -> None:
-        if self._warned_nothing or self.sites_rewritable or not self.sites_seen:
-            return
-        self._warned_nothing = True
-        reasons = sorted({reason for _, reason in self.sites_seen})
-        logger.warning(
-            "asymrnr: %d attention site(s) seen and none rewritten, so AsymRnR does nothing "
-            "here. Reasons: %s", len(self.sites_seen), " | ".join(reasons))
+                self.sites_left_alone.append((site.node_name, site.reason))
 
     # -- the matching cache and the partitions ------------------------------------------------
     def window(self, step: int) -> int:

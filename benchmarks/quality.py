@@ -9,7 +9,9 @@ the seeds). Comparisons between methods are made at equal attention FLOPs:
   that ``(1 - r)^2`` equals the asymmetric cost);
 * random dropping and a fixed strided cut vs similarity matching;
 * a uniform ratio vs the layer/step schedule of the demo, at the schedule's cost;
-* matching cache k = 1, 3, 5; L2 vs cosine distance; matching K/V on V vs on K.
+* matching cache k = 1, 3, 5; L2 vs cosine distance; matching K/V on V vs on K;
+* a fresh dst partition per (site, component, refresh window), as the reference draws it,
+  vs one fixed partition everywhere.
 
 The rewritten graphs run eagerly (``inner="eager"``) because quality, not speed, is
 measured here and Inductor would compile every variant for a minute on CPU.
@@ -75,6 +77,10 @@ def variants(num_layers: int, steps: int, ratio: float, cost_of) -> list[tuple[s
         ("distance", "cosine", kv.replace(metric="cosine")),
         ("match K/V on", "V (paper)", kv),
         ("match K/V on", "K", kv.replace(match_on="k")),
+        ("dst partition (K/V only)", "fresh per (site, component, window) (reference)", kv),
+        ("dst partition (K/V only)", "one fixed partition", kv.replace(resample_partition=False)),
+        ("dst partition (demo schedule)", "fresh per (site, component, window) (reference)", schedule),
+        ("dst partition (demo schedule)", "one fixed partition", schedule.replace(resample_partition=False)),
     ]
     return rows
 
@@ -124,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(num_steps=args.steps)
         if config not in done:  # rows shared between groups are sampled once
             torch._dynamo.reset()
-            asymrnr_fx.reset()
-            compiled = torch.compile(model, backend=asymrnr_fx.backend(config, inner="eager"))
+            compiler = asymrnr_fx.backend(config, inner="eager")
+            compiled = torch.compile(model, backend=compiler)
             t0 = time.perf_counter()
             clips = generate(compiled, prompts, seeds, steps=args.steps, geometry=geometry)
             done[config] = {
                 "psnr": psnr(clips, baseline).tolist(),
                 "ssim": ssim(clips, baseline).tolist(),
                 "seconds": time.perf_counter() - t0,
-                "stats": dict(asymrnr_fx.DISPATCHER.stats),
+                "stats": dict(compiler.state.stats),
             }
         r = done[config]
         results.append({

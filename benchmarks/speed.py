@@ -223,7 +223,7 @@ def build_cogvideox(preset: ModelPreset, device: torch.device) -> tuple[torch.nn
 
 
 def timesteps_for(steps: int) -> list[int]:
-    """Distinct decreasing timesteps: each is the next denoising step for the dispatcher."""
+    """Distinct decreasing timesteps: each is the next denoising step for the backend."""
     return [int(round(999 - i * 998 / max(1, steps - 1))) for i in range(steps)]
 
 
@@ -275,6 +275,7 @@ def _setting_backends(args: argparse.Namespace, preset: ModelPreset) -> dict[str
 class _Setting:
     name: str
     config: Any
+    compiler: Any  # "inductor" or an AsymRnR backend
     compiled: Callable[..., Any]
     warm: list[float] = field(default_factory=list)
     loops: list[list[float]] = field(default_factory=list)
@@ -283,15 +284,15 @@ class _Setting:
 
 
 def _loop(setting: _Setting, inputs: dict, steps: Sequence[int], device: torch.device) -> list[float]:
-    from asymrnr_fx.dispatcher import DISPATCHER
-
-    DISPATCHER.reset()
+    state = getattr(setting.compiler, "state", None)  # the AsymRnR backend's own state
+    if state is not None:
+        state.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = run_loop(setting.compiled, inputs, steps, device)
     if device.type == "cuda":
         setting.peak = max(setting.peak, torch.cuda.max_memory_allocated(device))
-    for key, value in DISPATCHER.stats.items():
+    for key, value in (state.stats.items() if state is not None else ()):
         setting.stats[key] = setting.stats.get(key, 0) + value
     return times
 
@@ -392,7 +393,7 @@ def bench_model(
             result["skipped"].append(name)  # out of time: keep what can still be timed
             continue
         print(f"[{preset.name}] compile + warm-up: {name}", file=sys.stderr, flush=True)
-        setting = _Setting(name, config, torch.compile(model, backend=compile_backend))
+        setting = _Setting(name, config, compile_backend, torch.compile(model, backend=compile_backend))
         setting.warm = _loop(setting, inputs, steps, device)
         runs.append(setting)
     # Round-robin timing: drift in the machine's load hits every setting alike.

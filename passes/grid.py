@@ -122,9 +122,9 @@ def infer_layout(
         if seq_len < video_len:
             return f"sequence of {seq_len} tokens is shorter than the {video_len} video tokens (not video attention)"
     elif not allow_1d:
-        return ("no evidence that this is video: the graph shows no patch embedding and no grid "
-                "was given (use asymrnr_fx.apply(pipe), which reads the grid from the input, or "
-                "set grid=(T, H, W))")
+        return ("no evidence that this is video: no graph showed the patch embedding and no grid "
+                "was given; use asymrnr_fx.apply(pipe) (or apply(pipe, regional=True)), which reads "
+                "the grid from the transformer's input, or backend(grid=(T, H, W))")
     elif text_tokens is not None:
         video_len = seq_len - text_tokens
     else:

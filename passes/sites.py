@@ -10,7 +10,6 @@ else is left alone with a reason.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,10 +20,8 @@ import torch.nn.functional as F
 from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
 from .walk import ancestors
 
-__all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "find_sdpa_nodes", "sdpa_arguments",
-           "classify_sites"]
-
-logger = logging.getLogger("asymrnr_fx")
+__all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
+           "sdpa_arguments", "classify_sites"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
 
@@ -38,6 +35,8 @@ _SIGNATURE = inspect.signature(_sdpa_signature)
 
 
 DYNAMIC_SHAPES = "dynamic shapes: query/key/value sizes are symbolic (compile with dynamic=False)"
+NOT_VIDEO = ("cross-attention", "causal attention", "grouped-query", "attention dropout",
+             "sequence of")  # reasons that say the site is not video self-attention at all
 
 
 @dataclass(frozen=True)

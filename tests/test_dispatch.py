@@ -21,7 +21,7 @@ def _schedule(num_layers: int) -> Schedule:
     ])
 
 
-def _loop(model, inputs: dict, scheduler: DDIMScheduler, generations: int = 1) -> torch.Tensor:
+def _loop(model, inputs: dict, scheduler: DDIMScheduler, generations: int = 1, cfg: str = "batched") -> torch.Tensor:
     latents = inputs["hidden_states"]
     for _ in range(generations):
         scheduler.set_timesteps(STEPS)
@@ -29,13 +29,15 @@ def _loop(model, inputs: dict, scheduler: DDIMScheduler, generations: int = 1) -
         for t in scheduler.timesteps:
             timestep = t.expand(latents.shape[0])
             noise = model(**{**inputs, "hidden_states": latents, "timestep": timestep})[0]
+            if cfg == "split":  # the unconditional half as a second call of the same step
+                noise = noise + 0.0 * model(**{**inputs, "hidden_states": latents, "timestep": timestep})[0]
             latents = scheduler.step(noise, t, latents).prev_sample
     return latents
 
 
-@pytest.mark.parametrize("name", ["cogvideox", "wan"])
-def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str) -> None:
-    tiny = build_tiny(name, batch=1)
+@pytest.mark.parametrize("name,cfg", [("cogvideox", "batched"), ("wan", "batched"), ("wan", "split")])
+def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str, cfg: str) -> None:
+    tiny = build_tiny(name, batch=2 if cfg == "batched" else 1)
     schedule = _schedule(tiny.num_layers)
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
@@ -43,7 +45,7 @@ def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str
     compiler = asymrnr_fx.backend(schedule=schedule, inner="eager")
     compiled = torch.compile(tiny.model, backend=compiler)
     with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
-        out = _loop(compiled, tiny.inputs, DDIMScheduler(), generations=2)
+        out = _loop(compiled, tiny.inputs, DDIMScheduler(), generations=2, cfg=cfg)
     assert torch.isfinite(out).all()
     assert counters["stats"]["unique_graphs"] == 1  # one Dynamo graph, no recompiles
     phases = [p for p in schedule.distinct_phases() if any(q or kv for q, kv in p)]
@@ -55,6 +57,7 @@ def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str
     assert state.refresh_steps == expected_refresh * 2
     assert state.stats["generations"] == 2  # the second loop's restart was detected
     assert state.stats["cache_hits"] > 0
+    assert {branch for *_, branch in state.cache} == ({0, 1} if cfg == "split" else {0})
 
 
 def test_reused_cache_equals_recomputed_matching() -> None:
