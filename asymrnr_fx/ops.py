@@ -316,20 +316,41 @@ def reduced_sdpa(
     return _cut_sequence(out, 2, video_start, num_q, video)
 
 
-# ---- entry points called by rewritten graphs (one call node each) ------------------------
+# ---- the entry point rewritten graphs call (one opaque node per site and component) -------
 
 
-def match_video_tokens(
+@torch.library.custom_op("asymrnr::select_tokens", mutates_args=())
+def select_tokens(
     x: torch.Tensor,
     dst_idx: torch.Tensor,
     src_idx: torch.Tensor,
-    *,
+    keep: torch.Tensor,
+    restore: torch.Tensor,
+    refresh: torch.Tensor,
+    slot: int,
     video_start: int,
-    video_len: int,
-    num_keep: int,
     metric: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``match`` on the video segment of the attention input ``x`` (B, H, S, D)."""
-    part = Partition(dst_idx, src_idx)
+    """``(keep, restore)`` for the video tokens of ``x`` (B, H, S, D): matched afresh, or the
+    cached ones passed in.
+
+    ``keep`` (B, H, K) and ``restore`` (B, H, N) are the cached indices; their shapes carry
+    the kept count K and the video length N, so one compiled graph serves every K (the graph
+    may treat K as a dynamic size). ``refresh[slot]`` (a CPU bool tensor) says whether to
+    match on ``x`` with the partition ``(dst_idx, src_idx)``; otherwise the cached indices are
+    returned (copied: a custom op may not return its inputs). K == N keeps every token in
+    order, so nothing is matched.
+    """
+    if not bool(refresh[slot]):
+        return keep.clone(), restore.clone()
+    num_keep, video_len = keep.shape[-1], restore.shape[-1]
+    if num_keep >= video_len:
+        index = torch.arange(video_len, device=keep.device).expand(restore.shape)
+        return index.contiguous(), index.contiguous()
     video = x[:, :, video_start:video_start + video_len]
-    return match(video, part, num_keep, metric)
+    return match(video, Partition(dst_idx, src_idx), num_keep, metric)
+
+
+@select_tokens.register_fake
+def _(x, dst_idx, src_idx, keep, restore, refresh, slot, video_start, metric):  # noqa: ANN001, ANN202
+    return torch.empty_like(keep), torch.empty_like(restore)

@@ -150,6 +150,22 @@ class RatioResolver:
         """True when every site gets the same ratios (no site count is needed)."""
         return self.source is None and self.config.layer_ratios is None
 
+    def components(self) -> tuple[str, ...]:
+        """The components (``"q"``, ``"kv"``) some site reduces at some step: what a rewritten
+        graph must hold, whatever the step (a component at ratio 0 there keeps every token)."""
+        config = self.config
+        if self.uniform:
+            pairs = [(config.q_ratio, config.kv_ratio)]
+        elif config.layer_ratios is not None:
+            pairs = list(config.layer_ratios)
+        elif self.source.schedule is not None:
+            schedule = self.source.schedule
+            pairs = [(max(map(max, schedule.q)), max(map(max, schedule.kv)))]
+        else:
+            rules = self.source.preset.rules
+            pairs = [(rule.get("q", 0.0), rule.get("kv", 0.0)) for rule in rules]
+        return tuple(name for name, index in (("q", 0), ("kv", 1)) if any(p[index] > 0 for p in pairs))
+
     def _layer_label(self) -> str:
         if self.config.layer_ratios is not None:
             return f"layer_ratios has {len(self.config.layer_ratios)} entries"

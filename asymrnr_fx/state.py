@@ -31,14 +31,14 @@ import logging
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .ops import Partition, partition, site_partition
 from .ratios import RatioResolver
 
-__all__ = ["AsymRnRState", "StepTracker", "CacheEntry"]
+__all__ = ["AsymRnRState", "StepTracker", "CacheEntry", "IndexKey"]
 
 logger = logging.getLogger("asymrnr_fx")
 
@@ -143,12 +143,21 @@ class StepTracker:
         return max(self.forwards_in_step - 1, 0)
 
 
+class IndexKey(NamedTuple):
+    """What match indices were made for: reused only for exactly the same."""
+
+    layout: Any  # SequenceLayout: where the video sits, its grid
+    batch: int
+    heads: int
+    kept: int
+
+
 @dataclass
 class CacheEntry:
     """Match indices of one (site, component, branch), made in refresh window ``window``
-    for exactly the site plan ``key``."""
+    for exactly ``key``."""
 
-    key: Any
+    key: IndexKey
     window: int
     keep: torch.Tensor
     restore: torch.Tensor
@@ -202,7 +211,11 @@ class AsymRnRState:
         self._follow_generation()
 
     def set_step(self, step: int, num_steps: int | None = None) -> None:
-        """Pin the step of the next forward(s) (turns guessing off until :meth:`reset`)."""
+        """Pin the step of the next forward(s) (turns guessing off until :meth:`reset`).
+
+        The running forward, if any, ends here: the next graph call starts a new one.
+        """
+        self.end_forward()
         self.tracker.tell_step(step, num_steps)
         self._follow_generation()
 
@@ -302,7 +315,7 @@ class AsymRnRState:
         return site_partition(grid, stride, seed=self.config.seed, site=site,
                               component=component, window=window, device=device)
 
-    def lookup(self, site: int, component: str, key: Any, window: int,
+    def lookup(self, site: int, component: str, key: IndexKey, window: int,
                device: torch.device) -> CacheEntry | None:
         """Cached indices of (site, component) for this forward's branch, if made in this
         refresh window for exactly ``key`` (the site plan) on ``device``."""
@@ -311,6 +324,6 @@ class AsymRnRState:
             return None
         return entry
 
-    def store(self, site: int, component: str, key: Any, window: int, keep: torch.Tensor,
+    def store(self, site: int, component: str, key: IndexKey, window: int, keep: torch.Tensor,
               restore: torch.Tensor) -> None:
         self.cache[(site, component, self.tracker.branch)] = CacheEntry(key, window, keep, restore)

@@ -2,14 +2,20 @@
 
 A pure graph-to-graph function: it returns a new ``GraphModule`` (sharing parameters with the
 input, never copying them) in which each planned ``scaled_dot_product_attention`` call is
-replaced by :func:`asymrnr_fx.ops.reduced_sdpa`. Match indices come from one of three places,
-the *variant* of the rewrite:
+replaced by :func:`asymrnr_fx.ops.reduced_sdpa`. Where the match indices come from is the
+*variant* of the rewrite:
 
-* ``"refresh"``: computed in the graph from the dst/src partition it takes as extra inputs
-  (after the originals; a fresh draw per site, component and refresh window), and returned
-  as extra outputs (after the originals);
-* ``"reuse"``: taken as extra inputs (after the originals): a matching-cache hit;
-* ``"static"``: precomputed constants (data-independent ``strided``/``random`` modes).
+* ``"indexed"`` (the method): for every site and component the graph takes the dst/src
+  partition and the cached ``keep``/``restore`` indices as extra inputs, plus one CPU bool
+  tensor saying which (site, component) to re-match. The opaque
+  :func:`asymrnr_fx.ops.select_tokens` node matches afresh or passes the cached indices on;
+  the graph returns the indices it used as extra outputs. The kept count K is only the size
+  of the ``keep`` input, so one compiled graph (K dynamic) serves every ratio and step.
+* ``"static"``: precomputed constants, K baked in (the data-independent ``strided`` and
+  ``random`` modes: the speed bound and an ablation).
+
+Extra inputs and outputs follow the original ones, in the order of :attr:`RewriteResult.extra_inputs`
+and :attr:`RewriteResult.extra_outputs`.
 """
 
 from __future__ import annotations
@@ -25,38 +31,42 @@ from asymrnr_fx import ops
 from .grid import SequenceLayout
 from .sites import find_sdpa_nodes, sdpa_arguments
 
-__all__ = ["SitePlan", "IndexSpec", "RewriteResult", "rewrite_attention"]
+__all__ = ["MatchSettings", "SitePlan", "IndexSpec", "RewriteResult", "rewrite_attention", "REFRESH_INPUT"]
 
-VARIANTS = ("refresh", "reuse", "static")
+VARIANTS = ("indexed", "static")
+REFRESH_INPUT = "_asymrnr_refresh"
 
 
 @dataclass(frozen=True)
-class SitePlan:
-    """How one attention site is reduced. A kept count of None leaves that component alone."""
+class MatchSettings:
+    """How every site of an application matches and merges (from the config)."""
 
-    node_name: str
-    layout: SequenceLayout
-    batch: int
-    heads: int
-    q_keep: int | None
-    kv_keep: int | None
     stride: tuple[int, int, int] = (2, 2, 2)
     metric: str = "l2"
     match_on: str = "v"
     merge: str = "drop"
     mode: str = "similarity"
-    symmetric: bool = False
     seed: int = 0
 
-    @property
-    def partition_stride(self) -> tuple[int, int, int]:
-        return self.layout.partition_stride(self.stride)
 
-    def components(self) -> list[str]:
-        """Which matchings the site needs: ``shared`` (symmetric), else ``q`` and/or ``kv``."""
-        if self.symmetric:
-            return ["shared"] if (self.q_keep or self.kv_keep) else []
-        return [c for c, n in (("q", self.q_keep), ("kv", self.kv_keep)) if n is not None]
+@dataclass(frozen=True)
+class SitePlan:
+    """One attention site to rewrite and the components reduced there.
+
+    ``components`` holds ``"q"`` and/or ``"kv"`` (each matched on its own), or ``"shared"``
+    (the symmetric baseline: one matching on K cuts Q, K and V). ``static_keep`` gives the
+    ``(component, kept count)`` pairs of the ``"static"`` variant.
+    """
+
+    node_name: str
+    layout: SequenceLayout
+    batch: int
+    heads: int
+    components: tuple[str, ...]
+    static_keep: tuple[tuple[str, int], ...] = ()
+
+    def partition_stride(self, settings: MatchSettings) -> tuple[int, int, int]:
+        return self.layout.partition_stride(settings.stride)
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,15 @@ class IndexSpec:
     site: int  # position of the site among the plans
     component: str  # "q", "kv" or "shared"
     kind: str  # "dst" or "src" (partition), "keep" or "restore" (match)
-    shape: tuple[int, ...]
 
 
 @dataclass
 class RewriteResult:
-    """The rewritten graph and the index tensors it takes and returns beyond the original's."""
+    """The rewritten graph and the tensors it takes and returns beyond the original's.
+
+    For ``"indexed"`` the extra inputs end with the refresh flags (a bool tensor, one entry
+    per (site, component) in ``extra_outputs`` order of the keep tensors).
+    """
 
     gm: fx.GraphModule
     extra_inputs: list[IndexSpec]
@@ -85,92 +98,126 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, graph, gm.__class__.__name__)
 
 
-def _buffer(gm: fx.GraphModule, name: str, value: torch.Tensor) -> fx.Node:
-    gm.register_buffer(name, value, persistent=False)
-    return gm.graph.get_attr(name)
+class _Builder:
+    """Adds extra inputs, outputs and buffers to the copy being rewritten."""
 
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        self.last_input = [n for n in self.graph.nodes if n.op == "placeholder"][-1]
+        self.inputs: list[IndexSpec] = []
+        self.outputs: list[IndexSpec] = []
+        self.output_nodes: list[fx.Node] = []
 
-def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], variant: str) -> RewriteResult:
-    """A rewritten copy of ``gm``; ``gm`` itself is not modified."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r}: choose one of {VARIANTS}")
-    new_gm = _copy_graph_module(gm)
-    graph = new_gm.graph
-    nodes = {n.name: n for n in find_sdpa_nodes(graph)}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    input_specs: list[IndexSpec] = []
-    output_specs: list[IndexSpec] = []
-    extra_outputs: list[fx.Node] = []
-
-    def add_input(name: str, spec: IndexSpec) -> fx.Node:
-        with graph.inserting_after(placeholders[-1]):
-            node = graph.placeholder(name)
-        placeholders.append(node)
-        input_specs.append(spec)
+    def add_input(self, name: str, spec: IndexSpec | None) -> fx.Node:
+        with self.graph.inserting_after(self.last_input):
+            node = self.graph.placeholder(name)
+        self.last_input = node
+        if spec is not None:
+            self.inputs.append(spec)
         return node
 
-    for site, plan in enumerate(plans):
-        node = nodes[plan.node_name]
-        args = sdpa_arguments(node)
-        layout = plan.layout
-        num_keep = {"q": plan.q_keep, "kv": plan.kv_keep, "shared": plan.q_keep or plan.kv_keep}
-        indices: dict[str, tuple[fx.Node, fx.Node]] = {}
-        prefix = f"_asymrnr_{site}"
-        static_part = None
-        if plan.mode != "similarity":
-            example = node.meta.get("example_value")
-            device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
-            static_part = ops.partition(layout.grid, plan.partition_stride, plan.seed, device)
-        with graph.inserting_before(node):
-            for component in plan.components():
-                name = f"{prefix}_{component}"
-                keep_spec = IndexSpec(site, component, "keep", (plan.batch, plan.heads, num_keep[component]))
-                restore_spec = IndexSpec(site, component, "restore", (plan.batch, plan.heads, layout.video_len))
-                if static_part is not None:
-                    keep, restore = ops.static_match(static_part, layout.grid, plan.partition_stride,
-                                                     num_keep[component], plan.mode, plan.seed)
-                    indices[component] = (_buffer(new_gm, f"{name}_keep", keep),
-                                          _buffer(new_gm, f"{name}_restore", restore))
-                elif variant == "reuse":
-                    indices[component] = (add_input(f"{name}_keep", keep_spec),
-                                          add_input(f"{name}_restore", restore_spec))
-                else:
-                    num_dst = ops.dst_count(layout.grid, plan.partition_stride)
-                    dst = add_input(f"{name}_dst", IndexSpec(site, component, "dst", (num_dst,)))
-                    src = add_input(f"{name}_src", IndexSpec(site, component, "src", (layout.video_len - num_dst,)))
-                    source = {"q": args["query"], "kv": args["value"] if plan.match_on == "v" else args["key"],
-                              "shared": args["key"]}[component]
-                    matched = graph.call_function(
-                        ops.match_video_tokens,
-                        (source, dst, src),
-                        {"video_start": layout.video_start, "video_len": layout.video_len,
-                         "num_keep": num_keep[component], "metric": plan.metric},
-                    )
-                    keep = graph.call_function(operator.getitem, (matched, 0))
-                    restore = graph.call_function(operator.getitem, (matched, 1))
-                    indices[component] = (keep, restore)
-                    extra_outputs.extend([keep, restore])
-                    output_specs.extend([keep_spec, restore_spec])
-            q_idx = indices.get("shared" if plan.symmetric else "q") if plan.q_keep else None
-            kv_idx = indices.get("shared" if plan.symmetric else "kv") if plan.kv_keep else None
-            replacement = graph.call_function(
-                ops.reduced_sdpa,
-                (args["query"], args["key"], args["value"], args["attn_mask"], args["dropout_p"], args["scale"]),
-                {"video_start": layout.video_start, "video_len": layout.video_len,
-                 "q_keep": q_idx[0] if q_idx else None, "q_restore": q_idx[1] if q_idx else None,
-                 "kv_keep": kv_idx[0] if kv_idx else None, "kv_restore": kv_idx[1] if kv_idx else None,
-                 "merge": plan.merge},
-            )
-        replacement.meta = dict(node.meta)
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+    def add_buffer(self, name: str, value: torch.Tensor) -> fx.Node:
+        self.gm.register_buffer(name, value, persistent=False)
+        return self.graph.get_attr(name)
 
-    if variant == "refresh" and extra_outputs:
-        output = next(n for n in graph.nodes if n.op == "output")
+    def add_output(self, node: fx.Node, spec: IndexSpec) -> None:
+        self.output_nodes.append(node)
+        self.outputs.append(spec)
+
+    def finish(self) -> None:
+        if not self.output_nodes:
+            return
+        output = next(n for n in self.graph.nodes if n.op == "output")
         (result,) = output.args
         if not isinstance(result, (tuple, list)):
             raise ValueError("graph output is not a tuple; cannot append match indices")
-        output.args = (tuple(result) + tuple(extra_outputs),)
-    graph.lint()
-    new_gm.recompile()
-    return RewriteResult(new_gm, input_specs, output_specs)
+        output.args = (tuple(result) + tuple(self.output_nodes),)
+
+
+def _match_source(args: dict, component: str, settings: MatchSettings) -> fx.Node:
+    """What a component is matched on: Q on Q, K/V on V (or K), the symmetric baseline on K."""
+    if component == "q":
+        return args["query"]
+    if component == "kv" and settings.match_on == "v":
+        return args["value"]
+    return args["key"]
+
+
+def _indexed_indices(builder: _Builder, site: int, plan: SitePlan, args: dict, settings: MatchSettings,
+                     refresh: fx.Node, slot: int) -> dict[str, tuple[fx.Node, fx.Node]]:
+    indices = {}
+    for component in plan.components:
+        name = f"_asymrnr_{site}_{component}"
+        dst, src, keep, restore = (builder.add_input(f"{name}_{kind}", IndexSpec(site, component, kind))
+                                   for kind in ("dst", "src", "keep", "restore"))
+        selected = builder.graph.call_function(
+            torch.ops.asymrnr.select_tokens.default,
+            (_match_source(args, component, settings), dst, src, keep, restore, refresh, slot,
+             plan.layout.video_start, settings.metric),
+        )
+        keep = builder.graph.call_function(operator.getitem, (selected, 0))
+        restore = builder.graph.call_function(operator.getitem, (selected, 1))
+        builder.add_output(keep, IndexSpec(site, component, "keep"))
+        builder.add_output(restore, IndexSpec(site, component, "restore"))
+        indices[component] = (keep, restore)
+        slot += 1
+    return indices
+
+
+def _static_indices(builder: _Builder, site: int, plan: SitePlan, example: object,
+                    settings: MatchSettings) -> dict[str, tuple[fx.Node, fx.Node]]:
+    device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
+    stride = plan.partition_stride(settings)
+    part = ops.partition(plan.layout.grid, stride, settings.seed, device)
+    indices = {}
+    for component in plan.components:
+        keep, restore = ops.static_match(part, plan.layout.grid, stride, dict(plan.static_keep)[component],
+                                         settings.mode, settings.seed)
+        name = f"_asymrnr_{site}_{component}"
+        indices[component] = (builder.add_buffer(f"{name}_keep", keep),
+                              builder.add_buffer(f"{name}_restore", restore))
+    return indices
+
+
+def _replace_site(builder: _Builder, node: fx.Node, args: dict, plan: SitePlan,
+                  indices: dict[str, tuple[fx.Node, fx.Node]], settings: MatchSettings) -> None:
+    q_idx = indices.get("shared", indices.get("q"))
+    kv_idx = indices.get("shared", indices.get("kv"))
+    with builder.graph.inserting_before(node):
+        replacement = builder.graph.call_function(
+            ops.reduced_sdpa,
+            (args["query"], args["key"], args["value"], args["attn_mask"], args["dropout_p"], args["scale"]),
+            {"video_start": plan.layout.video_start, "video_len": plan.layout.video_len,
+             "q_keep": q_idx[0] if q_idx else None, "q_restore": q_idx[1] if q_idx else None,
+             "kv_keep": kv_idx[0] if kv_idx else None, "kv_restore": kv_idx[1] if kv_idx else None,
+             "merge": settings.merge},
+        )
+    replacement.meta = dict(node.meta)
+    node.replace_all_uses_with(replacement)
+    builder.graph.erase_node(node)
+
+
+def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], settings: MatchSettings,
+                      variant: str = "indexed") -> RewriteResult:
+    """A rewritten copy of ``gm``; ``gm`` itself is not modified."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}: choose one of {VARIANTS}")
+    builder = _Builder(_copy_graph_module(gm))
+    nodes = {n.name: n for n in find_sdpa_nodes(builder.graph)}
+    refresh = builder.add_input(REFRESH_INPUT, None) if variant == "indexed" else None
+    slot = 0
+    for site, plan in enumerate(plans):
+        node = nodes[plan.node_name]
+        args = sdpa_arguments(node)
+        with builder.graph.inserting_before(node):
+            if variant == "indexed":
+                indices = _indexed_indices(builder, site, plan, args, settings, refresh, slot)
+                slot += len(plan.components)
+            else:
+                indices = _static_indices(builder, site, plan, node.meta.get("example_value"), settings)
+        _replace_site(builder, node, args, plan, indices, settings)
+    builder.finish()
+    builder.graph.lint()
+    builder.gm.recompile()
+    return RewriteResult(builder.gm, builder.inputs, builder.outputs)

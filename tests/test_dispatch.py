@@ -51,8 +51,8 @@ def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str
     phases = [p for p in schedule.distinct_phases() if any(q or kv for q, kv in p)]
     assert len(phases) == 2
     state = compiler.state
-    # Per nonzero phase one refresh and one reuse variant; the all-zero phase is the plain graph.
-    assert state.stats["compiles"] == 1 + 2 * len(phases)
+    # One rewritten graph serves every phase (kept counts are input sizes), refresh or reuse.
+    assert state.stats["compiles"] == 1
     expected_refresh = [12, 15, 20, 25, 30, 32, 35, 40, 45]
     assert state.refresh_steps == expected_refresh * 2
     assert state.stats["generations"] == 2  # the second loop's restart was detected

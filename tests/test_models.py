@@ -7,6 +7,7 @@ import torch
 
 import asymrnr_fx
 from asymrnr_fx.backend import build_runner
+from asymrnr_fx.runner import InnerCompiler
 from asymrnr_fx.state import AsymRnRState
 from asymrnr_fx.tiny_models import build_tiny
 
@@ -31,7 +32,7 @@ def test_model_rewrites_self_attention_and_stays_close(name: str) -> None:
     state = AsymRnRState(asymrnr_fx.AsymRnRConfig(kv_ratio=0.5, q_ratio=0.3))
 
     def spy(gm, example_inputs):  # noqa: ANN001, ANN202
-        runner = build_runner(gm, example_inputs, state, lambda g, e: g.forward)
+        runner = build_runner(gm, example_inputs, state, InnerCompiler("eager", {}))
         classified.extend(getattr(runner, "all_sites", []))
         if not hasattr(runner, "all_sites"):
             from asymrnr_fx.passes.sites import classify_sites
@@ -58,9 +59,12 @@ def test_ratio_zero_hands_the_untouched_graph_to_the_inner_compiler(name: str) -
     tiny = build_tiny(name, batch=1)
     handed = []
 
-    def inner(gm, example_inputs):  # noqa: ANN001, ANN202
-        handed.append(gm)
-        return gm.forward
+    class Inner(InnerCompiler):
+        def static(self, gm, example_inputs):  # noqa: ANN001, ANN202
+            handed.append(gm)
+            return gm.forward
+
+    inner = Inner("eager", {})
 
     def backend(gm, example_inputs):  # noqa: ANN001, ANN202
         code = gm.code

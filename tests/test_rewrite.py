@@ -177,17 +177,21 @@ def test_rewritten_graph_lints_and_leaves_input_alone(case: dict) -> None:
     layout = sites[0].layout
     assert layout.video_len == math.prod(case["grid"]) and layout.text_len == case["text"]
     assert layout.text_side == (case["text_side"] if case["text"] else None)
-    from asymrnr_fx.backend import GraphRunner
-    from asymrnr_fx.state import AsymRnRState
+    from asymrnr_fx.passes.rewrite import MatchSettings, SitePlan
 
-    state = AsymRnRState(_config(case).replace(kv_ratio=0.5))
-    runner = GraphRunner(gm, sites, state, lambda g, e: g.forward)
-    plans = runner.plans(((case["q_ratio"], 0.5),))
-    for variant in ("refresh", "reuse"):
-        result = rewrite_attention(gm, list(plans), variant)
+    site = sites[0]
+    settings = MatchSettings(stride=case["stride"], seed=case["seed"])
+    for variant, components in (("indexed", ("q", "kv")), ("static", ("kv",))):
+        plan = SitePlan(site.node_name, layout, site.batch, site.heads, components,
+                        (("kv", max(1, layout.video_len // 2)),))
+        result = rewrite_attention(gm, [plan], settings.__class__(**{**settings.__dict__, "mode": "strided"})
+                                   if variant == "static" else settings, variant)
         result.gm.graph.lint()
         names = [n.target for n in result.gm.graph.nodes if n.op == "call_function"]
         assert F.scaled_dot_product_attention not in names
+        if variant == "indexed":  # per component: dst, src, keep, restore in; keep, restore out
+            assert [s.kind for s in result.extra_inputs] == ["dst", "src", "keep", "restore"] * 2
+            assert [s.kind for s in result.extra_outputs] == ["keep", "restore"] * 2
     assert gm.code == before  # the pass is pure
 
 
@@ -279,3 +283,37 @@ def test_site_partitions_differ_by_site_component_and_window_and_are_reproducibl
                 seed = partition_seed(3, site, component, window)
                 assert draws[(site, component, window)] == tuple(reference_partition(grid, stride, seed)[0])
     assert len(set(draws.values())) == len(draws)  # a fresh draw for every (site, component, window)
+
+
+def test_one_compiled_graph_serves_a_different_ratio_at_every_step() -> None:
+    """20 steps, a different (q, kv) at each: one Inductor graph, no recompile, and every step
+    equals the reference with that step's kept counts and refresh window's partitions."""
+    grid, text, heads = (2, 4, 4), 3, 2
+    module = JointAttention(8 * heads, heads, "before", "positional").eval()
+    steps = 20
+    q = [[round(0.04 * s, 2)] for s in range(steps)]  # 0.0 (every token kept) at step 0
+    kv = [[round(0.7 - 0.03 * s, 2)] for s in range(steps)]
+    schedule = asymrnr_fx.Schedule(1, steps, q, kv)
+    config = asymrnr_fx.AsymRnRConfig(schedule=schedule, grid=grid, cache_interval=4, seed=1)
+    compiler = asymrnr_fx.backend(config)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    video, text_tokens = torch.randn(1, 32, 8 * heads), torch.randn(1, text, 8 * heads)
+    compiled = torch.compile(module, backend=compiler, fullgraph=True)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(steps):
+            compiler.state.set_step(step, steps)
+            out = compiled(video, text_tokens, None)
+            qq, kk, vv = (t.detach() for t in module.qkv(video, text_tokens))
+            parts = {c: site_partition(grid, (2, 2, 2), seed=1, site=0, component=c, window=step // 4)
+                     for c in ("q", "kv")}
+            keep = {c: kept_count(32, r, parts[c].dst_idx.numel())
+                    for c, r in (("q", q[step][0]), ("kv", kv[step][0]))}
+            expected = reference_attention(
+                qq, kk, vv, None, video_start=text, video_len=32,
+                q_partition=(parts["q"].dst_idx.tolist(), parts["q"].src_idx.tolist()),
+                kv_partition=(parts["kv"].dst_idx.tolist(), parts["kv"].src_idx.tolist()),
+                q_keep=keep["q"] if keep["q"] < 32 else None, kv_keep=keep["kv"] if keep["kv"] < 32 else None,
+            ).float()
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert compiler.state.stats["compiles"] == 1  # the bound: one graph per captured graph

@@ -1,0 +1,245 @@
+"""Run one captured graph: pick the ratios for this call, feed the indices, keep what came back.
+
+A :class:`GraphRunner` replaces one graph Dynamo captured. Per call it asks the application's
+:class:`~asymrnr_fx.state.AsymRnRState` for the step and the site indices, turns the ratios
+into kept counts, and runs **one** compiled rewrite for every phase: the kept count K is the
+size of the ``keep`` index the graph takes, so a new ratio is a new input size, not a new
+graph (Inductor compiles the K dimension as dynamic). Per (site, component) the call either
+re-matches (a refresh step, or no cached indices for this plan, window and branch) or passes
+the cached indices on; a component at ratio 0 gets identity indices and is never matched.
+Data-independent ablation modes (``strided``, ``random``) bake their indices per phase instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .ops import dst_count, kept_count
+from .passes.rewrite import MatchSettings, SitePlan, rewrite_attention
+from .passes.sites import AttentionSite
+from .state import AsymRnRState, IndexKey
+
+__all__ = ["GraphRunner", "InnerCompiler"]
+
+
+class InnerCompiler:
+    """What compiles the rewritten graphs: Inductor (with the user's patches) or nothing."""
+
+    def __init__(self, inner: str, config_patches: dict[str, Any]) -> None:
+        if inner not in ("inductor", "eager"):
+            raise ValueError(f"inner={inner!r} is invalid: choose 'inductor' or 'eager'")
+        self.inner = inner
+        self.config_patches = config_patches
+
+    def static(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        """Compile with the shapes of ``example_inputs`` (the graph Dynamo handed over)."""
+        if self.inner == "eager":
+            return gm.forward
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, list(example_inputs), config_patches=self.config_patches)
+
+    def dynamic(self, gm: fx.GraphModule, dynamic_dims: Sequence[tuple[int, int]]) -> Callable[..., Any]:
+        """Compile on first call, with the ``(input, dim)`` sizes in ``dynamic_dims`` symbolic."""
+        if self.inner == "eager":
+            return gm.forward
+        from torch._inductor.compile_fx import compile_fx
+
+        patches = self.config_patches
+
+        def inductor(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+            return compile_fx(graph, list(example_inputs), config_patches=patches)
+
+        compiled = torch.compile(gm, backend=inductor, fullgraph=True)
+        compiled_once = False
+
+        def run(*args: Any) -> Any:
+            nonlocal compiled_once
+            if compiled_once:
+                return compiled(*args)
+            for index, dim in dynamic_dims:
+                torch._dynamo.maybe_mark_dynamic(args[index], dim)
+            # Without duck shaping a kept count equal to the video length (ratio 0 on the
+            # first call) stays its own symbol instead of being tied to that length.
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                result = compiled(*args)
+            compiled_once = True
+            return result
+
+        return run
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One (site, component) of the indexed graph."""
+
+    site: int  # index among the runner's rewritable sites
+    component: str
+    plan: SitePlan
+
+
+def _device(args: Sequence[Any]) -> torch.device:
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+
+
+class GraphRunner:
+    """One captured graph: its sites, its compiled rewrite, and the per-call bookkeeping."""
+
+    def __init__(self, gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState,
+                 compiler: InnerCompiler, tick: tuple[str | None, int | None]) -> None:
+        self.gm = gm
+        self.all_sites = sites
+        self.sites = [s for s in sites if s.rewritable]
+        self.state = state
+        self.config = config = state.config
+        self.compiler = compiler
+        self.tick_kind, self.tick_index = tick
+        state.register_tick_source(self.tick_kind)
+        self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
+                                      config.match_mode, config.seed)
+        components = state.ratios.components()
+        if config.symmetric:
+            components = ("shared",) if components else ()
+        self.plans = [SitePlan(s.node_name, s.layout, s.batch, s.heads, components) for s in self.sites]
+        self.slots = [_Slot(i, c, plan) for i, plan in enumerate(self.plans) for c in plan.components]
+        self._indexed: Callable[..., Any] | None = None
+        self._static: dict[tuple[tuple[int, ...], ...], Callable[..., Any]] = {}
+        self._fillers: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    # -- kept counts ------------------------------------------------------------------------
+
+    def kept(self, ratios: Sequence[tuple[float, float]] | None) -> list[int]:
+        """Kept video tokens per slot (N, every token, where the ratio is 0)."""
+        counts = []
+        for slot in self.slots:
+            layout = slot.plan.layout
+            if ratios is None:
+                counts.append(layout.video_len)
+                continue
+            q, kv = ratios[slot.site]
+            ratio = {"q": q, "kv": kv, "shared": max(q, kv)}[slot.component]
+            counts.append(self._kept(slot, ratio) if ratio > 0 else layout.video_len)
+        return counts
+
+    def _kept(self, slot: _Slot, ratio: float) -> int:
+        layout = slot.plan.layout
+        num_dst = dst_count(layout.grid, slot.plan.partition_stride(self.settings))
+        keep = kept_count(layout.video_len, ratio, num_dst)
+        if keep > int(layout.video_len * (1.0 - ratio)):
+            self.state.log_once(
+                f"asymrnr: ratio {ratio:g} at {slot.plan.node_name} removes more than the "
+                f"partition's src tokens ({layout.video_len - num_dst} of {layout.video_len} with "
+                f"stride {self.settings.stride}): capped at {1 - num_dst / layout.video_len:.3f}; "
+                "a larger stride allows more", 30)
+        return keep
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> Any:
+        state = self.state
+        state.on_graph_call(self.tick_kind, None if self.tick_index is None else args[self.tick_index])
+        step, first = state.claim_sites(len(self.sites))
+        kept = self.kept(state.site_ratios(step, first, len(self.sites)))
+        if self.settings.mode != "similarity":
+            return self._run_static(kept, args)
+        return self._run_indexed(kept, step, first, args)
+
+    def _timed_compile(self, variant: str, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+        start = time.perf_counter()
+        compiled = build()
+        self.state.stats["compiles"] += 1
+        self.state.compile_log.append((variant, time.perf_counter() - start))
+        return compiled
+
+    def _run_static(self, kept: list[int], args: Sequence[Any]) -> Any:
+        key = tuple(kept)
+        compiled = self._static.get(key)
+        if compiled is None:
+            plans = []
+            for i, plan in enumerate(self.plans):
+                counts = {s.component: k for s, k in zip(self.slots, kept, strict=True)
+                          if s.site == i and k < plan.layout.video_len}
+                plans.append(SitePlan(plan.node_name, plan.layout, plan.batch, plan.heads,
+                                      tuple(counts), tuple(counts.items())))
+            plans = [p for p in plans if p.components]
+            result = rewrite_attention(self.gm, plans, self.settings, "static")
+            compiled = self._timed_compile("static", lambda: self.compiler.static(result.gm, args))
+            self._static[key] = compiled
+        return compiled(*args)
+
+    def _fill(self, slot: _Slot, device: torch.device, kind: str) -> tuple[torch.Tensor, ...]:
+        """Stand-in tensors of the right shapes: a dummy partition, or identity indices.
+
+        Every slot gets its own: Dynamo guards on which inputs are the same object, so a
+        tensor shared between slots in one call and not in the next would recompile.
+        """
+        plan = slot.plan
+        key = (kind, slot, device)
+        if key not in self._fillers:
+            n = plan.layout.video_len
+            if kind == "partition":
+                num_dst = dst_count(plan.layout.grid, plan.partition_stride(self.settings))
+                self._fillers[key] = (torch.zeros(num_dst, dtype=torch.long, device=device),
+                                      torch.zeros(n - num_dst, dtype=torch.long, device=device))
+            else:  # two tensors: one object passed twice would tie the kept count to N
+                index = torch.arange(n, device=device).expand(plan.batch, plan.heads, n)
+                self._fillers[key] = (index.contiguous(), index.contiguous())
+        return self._fillers[key]
+
+    def _run_indexed(self, kept: list[int], step: int, first: int, args: Sequence[Any]) -> Any:
+        state = self.state
+        device = _device(args)
+        window = state.window(step)
+        refresh_step = state.is_refresh_step(step)
+        flags = torch.zeros(len(self.slots), dtype=torch.bool)
+        extra: list[torch.Tensor] = []
+        refreshed = []
+        for n, (slot, keep_count) in enumerate(zip(self.slots, kept, strict=True)):
+            plan = slot.plan
+            site = first + slot.site
+            video_len = plan.layout.video_len
+            if keep_count == video_len:  # ratio 0 here: every token, in order
+                extra += [*self._fill(slot, device, "partition"), *self._fill(slot, device, "identity")]
+                continue
+            key = IndexKey(plan.layout, plan.batch, plan.heads, keep_count)
+            entry = None if refresh_step else state.lookup(site, slot.component, key, window, device)
+            if entry is not None:
+                state.stats["cache_hits"] += 1
+                extra += [*self._fill(slot, device, "partition"), entry.keep, entry.restore]
+                continue
+            part = state.partition(site, slot.component, window, plan.layout.grid,
+                                   plan.partition_stride(self.settings), device)
+            flags[n] = True
+            refreshed.append((n, site, slot.component, key))
+            extra += [part.dst_idx, part.src_idx,
+                      torch.empty((plan.batch, plan.heads, keep_count), dtype=torch.long, device=device),
+                      torch.empty((plan.batch, plan.heads, video_len), dtype=torch.long, device=device)]
+        if self._indexed is None:  # compiled on its first call: time that call
+            start = time.perf_counter()
+            outputs = self._indexed_graph(args)(*args, flags, *extra)
+            self.state.compile_log.append(("indexed", time.perf_counter() - start))
+        else:
+            outputs = self._indexed(*args, flags, *extra)
+        num_extra = 2 * len(self.slots)
+        for n, site, component, key in refreshed:
+            keep, restore = outputs[len(outputs) - num_extra + 2 * n:len(outputs) - num_extra + 2 * n + 2]
+            state.store(site, component, key, window, keep, restore)
+        if refreshed:
+            state.stats["cache_refreshes"] += len(refreshed)
+            if not state.refresh_steps or state.refresh_steps[-1] != step:
+                state.refresh_steps.append(step)
+        return outputs[:len(outputs) - num_extra]
+
+    def _indexed_graph(self, args: Sequence[Any]) -> Callable[..., Any]:
+        result = rewrite_attention(self.gm, self.plans, self.settings, "indexed")
+        # Inputs: the originals, the refresh flags, then per slot dst, src, keep, restore.
+        keep_inputs = [len(args) + 1 + i for i, spec in enumerate(result.extra_inputs) if spec.kind == "keep"]
+        self._indexed = self.compiler.dynamic(result.gm, [(i, 2) for i in keep_inputs])
+        self.state.stats["compiles"] += 1
+        return self._indexed
