@@ -139,9 +139,10 @@ class AsymRnRBackend:
         return build_runner(gm, example_inputs, self.state, compiler)
 
     def reset(self) -> None:
-        """Forget steps, site count, matching cache and statistics. ``torch.compiler.reset()``
-        calls this (Dynamo resets the backends it has cached), so no state outlives its graphs."""
-        self.state.reset()
+        """Forget everything: steps, site count, matching cache, statistics, grid evidence.
+        ``torch.compiler.reset()`` calls this (Dynamo resets the backends it has cached), so
+        no state outlives the graphs it was learned from."""
+        self.state.clear()
 
     def __repr__(self) -> str:
         return f"AsymRnRBackend({self.config!r}, inner={self.inner!r})"

@@ -225,7 +225,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
 
     def run():  # noqa: ANN202
         if compiler is not None:
-            compiler.reset()
+            compiler.state.reset()
         return sampling.generate(runner, [prompt], [args.seed], steps=args.steps,
                                  geometry=geometry, progress=True)[0]
 

@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     torch._dynamo.reset()
     asym_backend = asymrnr_fx.backend(config, inner=args.inner)
     asym = run_method("asymrnr", torch.compile(model, backend=asym_backend), prompts, seeds,
-                      args.steps, geometry, before_each=asym_backend.reset)
+                      args.steps, geometry, before_each=asym_backend.state.reset)
     stats = dict(asym_backend.state.stats)
 
     p = psnr(asym["clips"], base["clips"]).tolist()

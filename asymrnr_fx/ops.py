@@ -244,14 +244,30 @@ def _cut_sequence(
     return torch.cat([before, video, after], dim=dim)
 
 
-def _mask_index(keep: torch.Tensor, video_start: int, video_len: int, seq_len: int) -> torch.Tensor:
-    """Positions in the full sequence that survive: text as is, video by ``keep``."""
+def _kept_positions(keep: torch.Tensor, video_start: int, video_len: int, seq_len: int) -> torch.Tensor:
+    """Positions in the full sequence that survive: text as is, video by ``keep`` (B, H, K)."""
     lead = keep.shape[:-1]
     device = keep.device
     before = torch.arange(video_start, device=device).expand(*lead, video_start)
+    after = torch.arange(video_start + video_len, seq_len, device=device)
+    return torch.cat([before, keep + video_start, after.expand(*lead, after.numel())], dim=-1)
+
+
+def _restored_rows(restore: torch.Tensor, video_start: int, video_len: int, seq_len: int,
+                   num_keep: int) -> torch.Tensor:
+    """For every position of the full sequence, its row in the reduced one: text rows as
+    they are (shifted after the video by the removed tokens), video rows by ``restore``."""
+    lead = restore.shape[:-1]
+    device = restore.device
+    before = torch.arange(video_start, device=device).expand(*lead, video_start)
     after_len = seq_len - video_start - video_len
-    after = torch.arange(video_start + video_len, seq_len, device=device).expand(*lead, after_len)
-    return torch.cat([before, keep + video_start, after], dim=-1)
+    after = torch.arange(after_len, device=device) + (video_start + num_keep)
+    return torch.cat([before, restore + video_start, after.expand(*lead, after_len)], dim=-1)
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` (B, H, S, D) at ``index`` (B, H, S'): one gather."""
+    return x.gather(2, index.unsqueeze(-1).expand(*index.shape, x.shape[-1]))
 
 
 def _reduce_mask(mask: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -263,6 +279,15 @@ def _reduce_mask(mask: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Ten
     if dim == -1:
         return mask.gather(-1, index.unsqueeze(-2).expand(b, h, mask.shape[-2], index.shape[-1]))
     return mask.gather(-2, index.unsqueeze(-1).expand(b, h, index.shape[-1], mask.shape[-1]))
+
+
+def _reduce_sequence(x: torch.Tensor, keep: torch.Tensor, restore: torch.Tensor, video_start: int,
+                     video_len: int, merge: str) -> torch.Tensor:
+    """``x`` (B, H, S, D) with its video tokens reduced by ``keep``/``restore``, text kept."""
+    if merge == "drop":  # one gather over the whole sequence (text positions as they are)
+        return _gather_rows(x, _kept_positions(keep, video_start, video_len, x.shape[2]))
+    video = reduce_tokens(x[:, :, video_start:video_start + video_len], keep, restore, merge)
+    return _cut_sequence(x, 2, video_start, video_len, video)
 
 
 def reduced_sdpa(
@@ -284,36 +309,29 @@ def reduced_sdpa(
     """``F.scaled_dot_product_attention`` on reduced video tokens, restored to full length.
 
     Tensors are (B, H, S, D) with the video tokens at ``[video_start, video_start + video_len)``
-    and text around them. Text tokens are never reduced; the mask follows the kept tokens.
+    and text around them. Text tokens are never reduced; a key mask follows the kept tokens.
     """
     seq_q, seq_k = query.shape[-2], key.shape[-2]
-    end = video_start + video_len
     if kv_keep is not None:
         kv_keep = kv_keep.expand(*key.shape[:2], kv_keep.shape[-1])
-        key = _cut_sequence(key, 2, video_start, video_len,
-                            reduce_tokens(key[:, :, video_start:end], kv_keep, kv_restore, merge))
-        value = _cut_sequence(value, 2, video_start, video_len,
-                              reduce_tokens(value[:, :, video_start:end], kv_keep, kv_restore, merge))
+        key = _reduce_sequence(key, kv_keep, kv_restore, video_start, video_len, merge)
+        value = _reduce_sequence(value, kv_keep, kv_restore, video_start, video_len, merge)
     if q_keep is not None:
         q_keep = q_keep.expand(*query.shape[:2], q_keep.shape[-1])
-        query = _cut_sequence(query, 2, video_start, video_len,
-                              reduce_tokens(query[:, :, video_start:end], q_keep, q_restore, merge))
+        query = _reduce_sequence(query, q_keep, q_restore, video_start, video_len, merge)
     if attn_mask is not None:
         while attn_mask.dim() < 4:
             attn_mask = attn_mask.unsqueeze(0)
         if kv_keep is not None:
-            attn_mask = _reduce_mask(attn_mask, -1, _mask_index(kv_keep, video_start, video_len, seq_k))
+            attn_mask = _reduce_mask(attn_mask, -1, _kept_positions(kv_keep, video_start, video_len, seq_k))
         if q_keep is not None:
-            attn_mask = _reduce_mask(attn_mask, -2, _mask_index(q_keep, video_start, video_len, seq_q))
+            attn_mask = _reduce_mask(attn_mask, -2, _kept_positions(q_keep, video_start, video_len, seq_q))
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     if q_keep is None:
         return out
-    num_q = q_keep.shape[-1]
-    rows = q_restore.expand(*out.shape[:2], video_len)
-    video = out[:, :, video_start:video_start + num_q].gather(
-        2, rows.unsqueeze(-1).expand(*rows.shape, out.shape[-1])
-    )
-    return _cut_sequence(out, 2, video_start, num_q, video)
+    rows = _restored_rows(q_restore.expand(*out.shape[:2], video_len), video_start, video_len, seq_q,
+                          q_keep.shape[-1])
+    return _gather_rows(out, rows)
 
 
 # ---- the entry point rewritten graphs call (one opaque node per site and component) -------

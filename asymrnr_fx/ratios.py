@@ -150,21 +150,31 @@ class RatioResolver:
         """True when every site gets the same ratios (no site count is needed)."""
         return self.source is None and self.config.layer_ratios is None
 
-    def components(self) -> tuple[str, ...]:
+    def components(self, num_sites: int | None = None) -> list[tuple[str, ...]] | tuple[str, ...]:
         """The components (``"q"``, ``"kv"``) some site reduces at some step: what a rewritten
-        graph must hold, whatever the step (a component at ratio 0 there keeps every token)."""
+        graph must hold, whatever the step (a component at ratio 0 there keeps every token).
+
+        With ``num_sites`` equal to the model's site count (a graph that holds every site),
+        a list with each site's own components where the ratios say so; otherwise the union.
+        """
         config = self.config
         if self.uniform:
-            pairs = [(config.q_ratio, config.kv_ratio)]
+            per_site = [(config.q_ratio, config.kv_ratio)]
         elif config.layer_ratios is not None:
-            pairs = list(config.layer_ratios)
+            per_site = list(config.layer_ratios)
         elif self.source.schedule is not None:
             schedule = self.source.schedule
-            pairs = [(max(map(max, schedule.q)), max(map(max, schedule.kv)))]
+            per_site = [(max(row[i] for row in schedule.q), max(row[i] for row in schedule.kv))
+                        for i in range(schedule.num_layers)]
         else:
-            rules = self.source.preset.rules
-            pairs = [(rule.get("q", 0.0), rule.get("kv", 0.0)) for rule in rules]
-        return tuple(name for name, index in (("q", 0), ("kv", 1)) if any(p[index] > 0 for p in pairs))
+            per_site = [(rule.get("q", 0.0), rule.get("kv", 0.0)) for rule in self.source.preset.rules]
+
+        def names(pairs: list[tuple[float, float]]) -> tuple[str, ...]:
+            return tuple(name for name, i in (("q", 0), ("kv", 1)) if any(p[i] > 0 for p in pairs))
+
+        if num_sites is not None and self._num_layers == num_sites:
+            return [names([pair]) for pair in per_site]
+        return names(per_site)
 
     def _layer_label(self) -> str:
         if self.config.layer_ratios is not None:

@@ -103,10 +103,13 @@ class GraphRunner:
         state.register_tick_source(self.tick_kind)
         self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
                                       config.match_mode, config.seed)
-        components = state.ratios.components()
+        components = state.ratios.components(len(self.sites))
+        if isinstance(components, tuple):  # the same for every site this graph may serve
+            components = [components] * len(self.sites)
         if config.symmetric:
-            components = ("shared",) if components else ()
-        self.plans = [SitePlan(s.node_name, s.layout, s.batch, s.heads, components) for s in self.sites]
+            components = [("shared",) if c else () for c in components]
+        self.plans = [SitePlan(s.node_name, s.layout, s.batch, s.heads, c)
+                      for s, c in zip(self.sites, components, strict=True)]
         self.slots = [_Slot(i, c, plan) for i, plan in enumerate(self.plans) for c in plan.components]
         self._indexed: Callable[..., Any] | None = None
         self._static: dict[tuple[tuple[int, ...], ...], Callable[..., Any]] = {}

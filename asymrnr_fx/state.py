@@ -168,27 +168,33 @@ class AsymRnRState:
 
     def __init__(self, config: Any) -> None:  # AsymRnRConfig
         self.config = config
-        self.reset()
+        self.hooked = False  # apply() marks forwards; graphs then never tick
+        self.clear()
 
-    def reset(self) -> None:
-        """Forget steps, the site count, the matching cache and the statistics."""
-        self.tracker = StepTracker()
-        self.tracker.num_steps = self.config.num_steps
-        self.ratios = RatioResolver(self.config)
-        self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
-        self.stats: Counter[str] = Counter()
-        self.refresh_steps: list[int] = []
-        self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
+    def clear(self) -> None:
+        """Forget everything, what was learned about the compiled graphs too (their tick
+        source, the grid evidence, the site count): Dynamo dropped them."""
+        self.tick_kind: str | None = None  # the fallback's one tick source: "timestep" or "temb"
         # Video token grids seen in this model, by token count: from a graph's patch
         # embedding or from the model's input (apply's hook). Used where a graph shows none.
         self.grid_evidence: dict[int, tuple[int, int, int]] = {}
-        self.hooked = False  # apply() marks forwards; graphs then never tick
-        self.tick_kind: str | None = None  # the fallback's one tick source: "timestep" or "temb"
-        self.site_cursor = 0  # sites claimed in the running forward
         self.sites_left_alone: list[tuple[str, str]] = []  # (site, reason), per compiled graph
         self.sites_rewritable = 0
-        self._forward_open = False
+        self.ratios = RatioResolver(self.config)
+        self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
         self._logged: set[str] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: forget the steps, the matching cache and the statistics (what was
+        learned about the compiled graphs stays)."""
+        self.tracker = StepTracker()
+        self.tracker.num_steps = self.config.num_steps
+        self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
+        self.stats: Counter[str] = Counter()
+        self.refresh_steps: list[int] = []
+        self.site_cursor = 0  # sites claimed in the running forward
+        self._forward_open = False
 
     def log_once(self, message: str, level: int = logging.INFO) -> None:
         """Log ``message`` once per application (a site left alone is said once, not per call)."""

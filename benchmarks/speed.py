@@ -64,6 +64,8 @@ class ModelPreset:
     steps: int
     repeats: int
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: str = "random"  # "random", or "small": the shipped trained model (sizes from it)
+    default_settings: str = "inductor,bound,asymrnr,match-every-step"
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -107,6 +109,14 @@ PRESETS: dict[str, ModelPreset | AttentionPreset] = {
     "cogvideox-2b": ModelPreset(
         "cogvideox-2b", heads=30, head_dim=64, layers=30, latent=(13, 60, 90), text_tokens=226,
         text_dim=4096, batch=2, dtype=torch.bfloat16, steps=10, repeats=2,
+    ),
+    # The shipped small trained model (6 layers, 4 heads x 32, 8 x 16 x 16 = 2,048 video + 5
+    # condition tokens), one prompt, a 20-step loop: where a calibrated multi-phase schedule is
+    # timed against plain Inductor (compiled) and against eager (eager).
+    "small": ModelPreset(
+        "small", heads=4, head_dim=32, layers=6, latent=(8, 32, 32), text_tokens=5, text_dim=5,
+        batch=1, dtype=torch.float32, steps=20, repeats=4, weights="small",
+        default_settings="inductor,asymrnr,eager,asymrnr-eager",
     ),
     # HunyuanVideo 129 frames 720p: 33 x 45 x 80 = 118,800 video + 256 text = 119,056 tokens.
     "hunyuan-attn": AttentionPreset(
@@ -222,6 +232,26 @@ def build_cogvideox(preset: ModelPreset, device: torch.device) -> tuple[torch.nn
     return model, inputs
 
 
+def build_small(preset: ModelPreset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The shipped small trained model and one prompt's inputs."""
+    from asymrnr_fx.data import encode_condition, parse_prompt
+    from asymrnr_fx.sampling import clip_geometry, load_small_model
+
+    model = load_small_model().to(device)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    inputs = {
+        "hidden_states": torch.randn(preset.batch, *clip_geometry(model), generator=gen).to(device),
+        "encoder_hidden_states": encode_condition(
+            [parse_prompt("red circle right stripes still")] * preset.batch).to(device),
+        "return_dict": False,
+    }
+    return model, inputs
+
+
+def build_model(preset: ModelPreset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    return build_small(preset, device) if preset.weights == "small" else build_cogvideox(preset, device)
+
+
 def timesteps_for(steps: int) -> list[int]:
     """Distinct decreasing timesteps: each is the next denoising step for the backend."""
     return [int(round(999 - i * 998 / max(1, steps - 1))) for i in range(steps)]
@@ -242,8 +272,11 @@ def run_loop(fn: Callable[..., Any], inputs: dict, steps: Sequence[int], device:
     return times
 
 
-def _setting_backends(args: argparse.Namespace, preset: ModelPreset) -> dict[str, Any]:
-    """The four settings: name -> torch.compile backend (and its asymrnr config, if any)."""
+EAGER_SETTINGS = ("eager", "asymrnr-eager")
+
+
+def asymrnr_config(args: argparse.Namespace, preset: ModelPreset) -> Any:
+    """The AsymRnR config every asymrnr setting shares."""
     import asymrnr_fx
 
     fields: dict[str, Any] = {
@@ -252,19 +285,33 @@ def _setting_backends(args: argparse.Namespace, preset: ModelPreset) -> dict[str
     }
     if args.schedule:
         fields["schedule"] = args.schedule
-    config = asymrnr_fx.AsymRnRConfig(**fields)
+        if args.cache_interval_given is None:
+            del fields["cache_interval"]  # a schedule brings its own
+    return asymrnr_fx.AsymRnRConfig(**fields)
+
+
+def _setting_backends(args: argparse.Namespace, preset: ModelPreset) -> dict[str, Any]:
+    """The settings: name -> (torch.compile backend or None for eager, asymrnr config or None)."""
+    import asymrnr_fx
+
+    config = asymrnr_config(args, preset)
     variants = {
-        "inductor": None,
+        "inductor": ("inductor", None),
         # The bound before the method: under a time budget the reference point comes first.
-        "bound": config.replace(match_mode="strided"),
-        "asymrnr": config,
-        "match-every-step": config.replace(cache_interval=1),
+        "bound": (None, config.replace(match_mode="strided")),
+        "asymrnr": (None, config),
+        "match-every-step": (None, config.replace(cache_interval=1)),
+        "eager": (None, None),
+        "asymrnr-eager": ("eager", config),
     }
-    settings = {
-        name: ("inductor" if cfg is None else asymrnr_fx.backend(cfg), cfg)
-        for name, cfg in variants.items()
-    }
-    wanted = args.settings.split(",") if args.settings else list(settings)
+    settings = {}
+    for name, (inner, cfg) in variants.items():
+        if cfg is not None:
+            compiler = asymrnr_fx.backend(cfg, inner=inner or "inductor")
+        else:
+            compiler = inner  # "inductor", or None: the model runs eagerly
+        settings[name] = (compiler, cfg)
+    wanted = (args.settings or preset.default_settings).split(",")
     unknown = sorted(set(wanted) - set(settings))
     if unknown:
         raise SystemExit(f"unknown setting(s) {unknown}; choose from {list(settings)}")
@@ -275,12 +322,13 @@ def _setting_backends(args: argparse.Namespace, preset: ModelPreset) -> dict[str
 class _Setting:
     name: str
     config: Any
-    compiler: Any  # "inductor" or an AsymRnR backend
+    compiler: Any  # "inductor", an AsymRnR backend, or None (eager)
     compiled: Callable[..., Any]
     warm: list[float] = field(default_factory=list)
     loops: list[list[float]] = field(default_factory=list)
     peak: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    isolated: dict[str, Any] | None = None  # compile + warm-up measured in a fresh process
 
 
 def _loop(setting: _Setting, inputs: dict, steps: Sequence[int], device: torch.device) -> list[float]:
@@ -316,6 +364,11 @@ def _summarise(setting: _Setting, device: torch.device) -> dict[str, Any]:
         "per_step_ms": [_ms(s) for s in per_step],
         "stats": setting.stats,
     }
+    if setting.isolated is not None:  # measured alone in a fresh process and Inductor cache
+        out["compile_s"] = setting.isolated["compile_s"]
+        out["first_loop_s"] = setting.isolated["first_loop_s"]
+        out["graphs"] = setting.isolated["graphs"]
+        out["compile_isolated"] = True
     if device.type == "cuda":
         out["peak_mem_gib"] = round(setting.peak / 2**30, 2)
     return out
@@ -329,13 +382,19 @@ def attention_sites_matched(config: Any, layers: int) -> int:
 
 
 def _speedups(rows: list[dict[str, Any]]) -> None:
-    """Ratios against plain Inductor and the fraction of the bound's saving, in place."""
+    """Ratios against each setting's own baseline (plain Inductor for compiled settings, the
+    eager model for eager ones) and the fraction of the bound's saving, in place."""
     by_name = {r["setting"]: r for r in rows}
-    base, bound = by_name.get("inductor"), by_name.get("bound")
+    inductor, bound = by_name.get("inductor"), by_name.get("bound")
     for row in rows:
+        base = by_name.get("eager") if row["setting"] in EAGER_SETTINGS else inductor
         if base:
+            row["baseline"] = base["setting"]
             row["loop_speedup"] = round(base["loop_ms"] / row["loop_ms"], 3)
             row["forward_speedup"] = round(base["forward_ms"] / row["forward_ms"], 3)
+            if "first_loop_s" in row and "first_loop_s" in base:
+                row["first_loop_vs_baseline"] = round(row["first_loop_s"] / base["first_loop_s"], 3)
+        base = inductor
         if base and bound and base["loop_ms"] > bound["loop_ms"]:
             saved = base["loop_ms"] - row["loop_ms"]
             row["fraction_of_bound"] = round(saved / (base["loop_ms"] - bound["loop_ms"]), 3)
@@ -384,7 +443,7 @@ def bench_model(
         result["matching"] = matching
         checkpoint(result)
 
-    model, inputs = build_cogvideox(preset, device)
+    model, inputs = build_model(preset, device)
     torch._dynamo.reset()
     steps = timesteps_for(preset.steps)
     runs = []
@@ -392,8 +451,10 @@ def bench_model(
         if runs and over(0.6):
             result["skipped"].append(name)  # out of time: keep what can still be timed
             continue
+        isolated = compile_in_fresh_process(args, preset, name) if args.isolate_compile else None
         print(f"[{preset.name}] compile + warm-up: {name}", file=sys.stderr, flush=True)
-        setting = _Setting(name, config, compile_backend, torch.compile(model, backend=compile_backend))
+        compiled = model if compile_backend is None else torch.compile(model, backend=compile_backend)
+        setting = _Setting(name, config, compile_backend, compiled, isolated=isolated)
         setting.warm = _loop(setting, inputs, steps, device)
         runs.append(setting)
     # Round-robin timing: drift in the machine's load hits every setting alike.
@@ -409,6 +470,59 @@ def bench_model(
         _speedups(result["settings"])
         checkpoint(result)
     return result
+
+
+def compile_only(preset: ModelPreset, args: argparse.Namespace, name: str,
+                 device: torch.device) -> dict[str, Any]:
+    """One setting alone: compile + warm-up (the first generation), then a warm generation."""
+    from torch._dynamo.utils import counters
+
+    compile_backend, _ = _setting_backends(args, preset)[name]
+    model, inputs = build_model(preset, device)
+    compiled = model if compile_backend is None else torch.compile(model, backend=compile_backend)
+    setting = _Setting(name, None, compile_backend, compiled)
+    steps = timesteps_for(preset.steps)
+    first = _loop(setting, inputs, steps, device)
+    warm = _loop(setting, inputs, steps, device)
+    return {"setting": name, "first_loop_s": round(sum(first), 2),
+            "compile_s": round(sum(first) - sum(warm), 2),
+            "graphs": counters["aot_autograd"]["total"]}
+
+
+def compile_in_fresh_process(args: argparse.Namespace, preset: ModelPreset, name: str) -> dict[str, Any]:
+    """:func:`compile_only` in a new Python process with an empty Inductor cache, so no
+    setting reuses kernels another one compiled."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="asymrnr-compile-") as tmp:
+        out = os.path.join(tmp, "compile.json")
+        command = [sys.executable, "-m", "benchmarks.speed", "--preset", preset.name,
+                   "--compile-only", name, "--out", out, "--steps", str(preset.steps),
+                   "--kv-ratio", str(args.kv_ratio), "--q-ratio", str(args.q_ratio),
+                   "--metric", args.metric, "--layers", str(preset.layers)]
+        for flag, value in (("--schedule", args.schedule), ("--cache-interval", args.cache_interval_given),
+                            ("--threads", args.threads), ("--device", args.device)):
+            if value is not None:
+                command += [flag, str(value)]
+        print(f"[{preset.name}] compile + warm-up in a fresh process: {name}", file=sys.stderr, flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            return json.load(f)
+
+
+def calibrated_schedule(spec: str, preset: ModelPreset, out_dir: str) -> str:
+    """``calibrate:TARGET``: run ``asymrnr calibrate`` on the small model; the JSON path."""
+    if preset.weights != "small":
+        raise SystemExit("--schedule calibrate:TARGET needs --preset small (a trained model)")
+    from asymrnr_fx.cli import main as cli_main
+
+    target = spec.split(":", 1)[1]
+    path = os.path.join(out_dir, f"calibrated-{target}.json")
+    code = cli_main(["calibrate", "--model", "small", "--target", target, "--steps",
+                     str(preset.steps), "--out", path])
+    if code:
+        raise SystemExit(f"calibration failed (exit {code})")
+    return path
 
 
 # ---- attention benchmark -------------------------------------------------------------------
@@ -524,16 +638,21 @@ def format_tables(result: dict[str, Any]) -> str:
 
     lines = []
     if result["kind"] == "model":
-        headers = ["setting", "forward ms", "refresh forward ms", "loop ms", "loop vs inductor",
-                   "forward vs inductor", "of bound", "compile s", "peak GiB"]
+        headers = ["setting", "forward ms", "refresh forward ms", "loop ms", "loop speedup",
+                   "forward speedup", "vs", "of bound", "compile s", "first loop s",
+                   "first loop vs base", "graphs", "peak GiB"]
         table = [
             [r["setting"], _num(r["forward_ms"]), _num(r["refresh_forward_ms"]), _num(r["loop_ms"]),
-             _x(r.get("loop_speedup")), _x(r.get("forward_speedup")),
+             _x(r.get("loop_speedup")), _x(r.get("forward_speedup")), r.get("baseline", ""),
              "" if r.get("fraction_of_bound") is None else f"{100 * r['fraction_of_bound']:.0f}%",
-             _num(r["compile_s"]), _num(r.get("peak_mem_gib", "n/a"))]
+             _num(r["compile_s"]), _num(r.get("first_loop_s")), _x(r.get("first_loop_vs_baseline")),
+             _num(r.get("graphs")), _num(r.get("peak_mem_gib", "n/a"))]
             for r in result["settings"]
         ]
         lines.append(tabulate(table, headers=headers, disable_numparse=True))
+        if any(r.get("compile_isolated") for r in result["settings"]):
+            lines.append("compile s, first loop s (compile + warm-up) and graphs (Inductor compiles): "
+                         "each setting alone in a fresh process with an empty Inductor cache")
         if result.get("skipped"):
             lines.append(f"not run (time budget): {', '.join(result['skipped'])}")
     else:
@@ -562,14 +681,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--kv-ratio", type=float, default=0.5)
     parser.add_argument("--q-ratio", type=float, default=0.0)
-    parser.add_argument("--schedule", default=None, help="a schedule preset name or JSON path")
-    parser.add_argument("--cache-interval", type=int, default=5)
+    parser.add_argument("--schedule", default=None,
+                        help="a schedule preset name or JSON path, or calibrate:TARGET to run "
+                        "`asymrnr calibrate --target TARGET` first (preset small)")
+    parser.add_argument("--cache-interval", type=int, default=None,
+                        help="default: the schedule's, else 5")
     parser.add_argument("--metric", choices=["l2", "cosine"], default="l2")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (model presets)")
     parser.add_argument("--repeats", type=int, default=None, help="timed generations / calls")
     parser.add_argument("--layers", type=int, default=None, help="override the preset's layers")
     parser.add_argument("--settings", default=None,
-                        help="comma list of inductor,asymrnr,bound,match-every-step (default all)")
+                        help="comma list of inductor,asymrnr,bound,match-every-step,eager,"
+                        "asymrnr-eager (default: the preset's)")
+    parser.add_argument("--isolate-compile", action="store_true",
+                        help="measure each setting's compile + warm-up alone in a fresh process "
+                        "with an empty Inductor cache (no setting reuses another's kernels)")
+    parser.add_argument("--compile-only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reuse-compile-cache", action="store_true",
                         help="keep Inductor's on-disk cache (compile times then depend on "
                         "earlier runs); default: a fresh cache directory per run")
@@ -584,6 +711,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    args.cache_interval_given = args.cache_interval
+    if args.cache_interval is None:
+        args.cache_interval = 5
     if not args.reuse_compile_cache:
         # Compile times as a first run sees them. Graphs that repeat within this run (the
         # refresh graph of asymrnr and of match-every-step) still compile only once.
@@ -602,6 +732,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         valid = {f.name for f in dataclasses.fields(preset)}
         preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if k in valid})
     out = args.out or f"speed_{preset.name}.json"
+    if args.compile_only:
+        with open(out, "w") as f:
+            json.dump(compile_only(preset, args, args.compile_only, device), f)
+        return {}
+    calibration = None
+    if args.schedule and args.schedule.startswith("calibrate:"):
+        calibration = args.schedule
+        args.schedule = calibrated_schedule(args.schedule, preset, tempfile.mkdtemp(prefix="asymrnr-schedule-"))
     machine = machine_info(device)
 
     def write(result: dict[str, Any]) -> None:
@@ -614,6 +752,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if isinstance(preset, ModelPreset):
         result = bench_model(preset, args, device, checkpoint=write)
+        if calibration:
+            with open(args.schedule) as f:
+                result["calibration"] = {"spec": calibration, "schedule": json.load(f)}
     else:
         result = bench_attention(preset, args, device)
     write(result)

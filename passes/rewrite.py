@@ -208,6 +208,8 @@ def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], settings: Match
     refresh = builder.add_input(REFRESH_INPUT, None) if variant == "indexed" else None
     slot = 0
     for site, plan in enumerate(plans):
+        if not plan.components:  # nothing reduced here at any step: the call stays as it is
+            continue
         node = nodes[plan.node_name]
         args = sdpa_arguments(node)
         with builder.graph.inserting_before(node):
