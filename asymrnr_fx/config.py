@@ -29,6 +29,7 @@ _CHOICES = {
     "metric": ("l2", "cosine"),
     "merge": ("drop", "mean"),
     "match_mode": ("similarity", "random", "strided"),
+    "match_kernel": ("auto", "triton", "chunked"),
     "text_side": (None, "before", "after"),
 }
 
@@ -68,6 +69,10 @@ class AsymRnRConfig:
         allow_1d_partition: rewrite self-attention whose video grid the graph does not
             prove, partitioning its tokens in 1-D. Off by default: without grid evidence
             a site may not be video at all (a text encoder), so it is left alone.
+        match_kernel: how matching runs on CUDA: ``"auto"`` (the fused Triton kernel after
+            a first-call check against the chunked path, falling back with a WARNING),
+            ``"triton"`` or ``"chunked"`` to force one (``auto`` also reads the
+            ``ASYMRNR_MATCH_KERNEL`` environment variable).
         num_steps: denoising steps per generation, for schedules (default: the schedule's).
     """
 
@@ -88,6 +93,7 @@ class AsymRnRConfig:
     seed: int | None = None
     resample_partition: bool = True
     allow_1d_partition: bool = False
+    match_kernel: str = "auto"
     num_steps: int | None = None
 
     def __post_init__(self) -> None:

@@ -22,16 +22,30 @@ Distances (fp32 accumulation whatever the input dtype):
   match is the largest cosine.
 
 Ties (exactly equal values) go to the lowest dst index.
+
+**Which path** (``kernel``): ``"auto"`` (default) takes the fused kernel on CUDA only after a
+first-call check against the chunked path on a small slice (per device, dtype and metric);
+if compiling, launching or that check fails, it falls back to the chunked path with one
+WARNING naming the cause. ``"triton"`` or ``"chunked"`` force a path (the config field
+``AsymRnRConfig(match_kernel=...)``, or the environment variable ``ASYMRNR_MATCH_KERNEL``
+when the config says ``"auto"``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from torch import Tensor
 
-__all__ = ["METRICS", "nearest_dst", "nearest_dst_chunked"]
+__all__ = ["METRICS", "KERNELS", "nearest_dst", "nearest_dst_chunked", "kernel_health"]
+
+logger = logging.getLogger("asymrnr_fx")
 
 METRICS = ("l2", "cosine")
+KERNELS = ("auto", "triton", "chunked")
+KERNEL_ENV = "ASYMRNR_MATCH_KERNEL"
 NORM_EPS = 1e-6
 # Bytes the chunked path may spend on one block of fp32 distances. On CPU a block that stays
 # in cache beats one big GEMM (the min pass then reads cached data, and no fresh pages are
@@ -119,7 +133,8 @@ def nearest_dst_chunked(
     return dist.reshape(*lead, ns), idx.reshape(*lead, ns)
 
 
-def _use_triton(src: Tensor) -> bool:
+def _triton_can_run(src: Tensor) -> bool:
+    """The fused kernel exists for this input (CUDA, Triton, head dim in range)."""
     if not src.is_cuda:
         return False
     from . import triton_nearest
@@ -127,17 +142,80 @@ def _use_triton(src: Tensor) -> bool:
     return triton_nearest.available() and triton_nearest.supports(src)
 
 
-@torch.library.custom_op("asymrnr::nearest_dst", mutates_args=())
-def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
-    if _use_triton(src):
-        from . import triton_nearest
+def _run_triton(src: Tensor, dst: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+    from . import triton_nearest
 
-        return triton_nearest.nearest_dst_triton(src, dst, metric)
+    return triton_nearest.nearest_dst_triton(src, dst, metric)
+
+
+class KernelHealth:
+    """Whether the fused kernel worked here, per (device, dtype, metric): a capability of the
+    machine and its Triton build (like torch's backend flags), so one record per process."""
+
+    def __init__(self) -> None:
+        self.healthy: dict[tuple, bool] = {}
+        self.reasons: dict[tuple, str] = {}
+
+    def check(self, src: Tensor, dst: Tensor, metric: str) -> bool:
+        """Run the kernel once on a small slice against the chunked path (cached)."""
+        key = (str(src.device), src.dtype, metric)
+        if key in self.healthy:
+            return self.healthy[key]
+        s = src.reshape(-1, *src.shape[-2:])[:1, :128]
+        d = dst.reshape(-1, *dst.shape[-2:])[:1, :256]
+        try:
+            got_dist, got_idx = _run_triton(s, d, metric)
+            want_dist, want_idx = nearest_dst_chunked(s, d, metric)
+            close = torch.allclose(got_dist, want_dist, rtol=1e-2, atol=1e-2)
+            agree = (got_idx == want_idx).float().mean().item() if want_idx.numel() else 1.0
+            reason = "" if close and agree >= 0.99 else (
+                f"its results disagree with the chunked path (distances close: {close}, "
+                f"indices equal: {100 * agree:.1f}%)")
+        except Exception as exc:  # compiling or launching failed: never break the user
+            reason = f"it failed: {type(exc).__name__}: {exc}"
+        self.healthy[key] = not reason
+        if reason:
+            self.fail(key, reason)
+        return self.healthy[key]
+
+    def fail(self, key: tuple, reason: str) -> None:
+        self.healthy[key] = False
+        self.reasons[key] = reason
+        logger.warning(
+            "asymrnr: the Triton matching kernel is not used on %s (%s, %s): %s. Matching runs "
+            "on the chunked PyTorch path (set %s=triton to force the kernel, =chunked to skip "
+            "the check)", key[0], key[1], key[2], " ".join(reason.split()), KERNEL_ENV)
+
+
+kernel_health = KernelHealth()
+
+
+def _choose(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is invalid: choose one of {KERNELS}")
+    if kernel == "auto":
+        env = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+        if env not in KERNELS:
+            raise ValueError(f"{KERNEL_ENV}={env!r} is invalid: choose one of {KERNELS}")
+        return env
+    return kernel
+
+
+@torch.library.custom_op("asymrnr::nearest_dst", mutates_args=())
+def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
+    choice = _choose(kernel)
+    if choice == "triton":
+        return _run_triton(src, dst, metric)  # forced: a failure is the user's to see
+    if choice == "auto" and _triton_can_run(src) and kernel_health.check(src, dst, metric):
+        try:
+            return _run_triton(src, dst, metric)
+        except Exception as exc:  # a launch that fails at another size: fall back for good
+            kernel_health.fail((str(src.device), src.dtype, metric), f"it failed: {type(exc).__name__}: {exc}")
     return nearest_dst_chunked(src, dst, metric)
 
 
 @_nearest_dst_op.register_fake
-def _(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+def _(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
     _check(src, dst, metric)
     out_shape = (*src.shape[:-1],)
     return (
@@ -147,7 +225,7 @@ def _(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library signature
-    src, dst, metric = inputs
+    src, dst, metric, _kernel = inputs
     ctx.metric = metric
     ctx.save_for_backward(src, dst, output[1])
 
@@ -158,7 +236,7 @@ def _backward(ctx, grad_dist: Tensor | None, _grad_idx: Tensor | None):  # noqa:
     # keeps graphs that happen to require grad (a model not under no_grad) working.
     src, dst, idx = ctx.saved_tensors
     if grad_dist is None:
-        return None, None, None
+        return None, None, None, None
     s, d = src.float(), dst.float()
     gather = idx.unsqueeze(-1).expand(*idx.shape, d.shape[-1])
     dj = torch.gather(d, -2, gather)
@@ -175,22 +253,23 @@ def _backward(ctx, grad_dist: Tensor | None, _grad_idx: Tensor | None):  # noqa:
         gs = -go * (v - (ns > NORM_EPS) * cos * u) / cs
         gdj = -go * (u - (nj > NORM_EPS) * cos * v) / cj
     gd = torch.zeros_like(d).scatter_add_(-2, gather, gdj)
-    return gs.to(src.dtype), gd.to(dst.dtype), None
+    return gs.to(src.dtype), gd.to(dst.dtype), None, None
 
 
 _nearest_dst_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def nearest_dst(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
+def nearest_dst(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
     """For each src row, the distance to and the index of its nearest dst row.
 
     Args:
         src: ``(..., Ns, D)`` floating point (fp32, bf16, fp16, ...).
         dst: ``(..., Nd, D)`` with the same leading dims and ``D`` as ``src``.
         metric: ``"l2"`` (squared L2) or ``"cosine"`` (``1 - cos``); see the module docstring.
+        kernel: ``"auto"``, ``"triton"`` or ``"chunked"`` (see the module docstring).
 
     Returns:
         ``(dist, idx)``: float32 ``(..., Ns)`` and int64 ``(..., Ns)``; ties go to the lowest
         dst index. ``dist`` carries the gradient of the selected pair (like ``torch.min``).
     """
-    return torch.ops.asymrnr.nearest_dst(src, dst, metric)
+    return torch.ops.asymrnr.nearest_dst(src, dst, metric, kernel)

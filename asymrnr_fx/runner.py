@@ -102,7 +102,7 @@ class GraphRunner:
         self.tick_kind, self.tick_index = tick
         state.register_tick_source(self.tick_kind)
         self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
-                                      config.match_mode, config.seed)
+                                      config.match_mode, config.seed, config.match_kernel)
         components = state.ratios.components(len(self.sites))
         if isinstance(components, tuple):  # the same for every site this graph may serve
             components = [components] * len(self.sites)

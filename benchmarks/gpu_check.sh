@@ -21,7 +21,8 @@
 # whole script stays under about 8 minutes; the model benchmark gets what is left and writes
 # partial JSON after every stage):
 #   1. install (a venv over the system site-packages, so the system torch is used as it is)
-#   2. tests/test_nearest.py (Triton kernel vs reference on CUDA, op, compile, opcheck)
+#   2. tests/test_nearest.py (Triton kernel vs reference on CUDA in fp32/bf16/fp16, op,
+#      compile, opcheck, the fallback) and the kernel's first-call health check per dtype
 #   3. hunyuan-attn: SDPA at 119,056 tokens with K/V cut 0.5, matching amortised
 #   4. cogvideox-2b: the CogVideoX-2B transformer (random weights), 4 settings, 10 steps
 
@@ -89,6 +90,22 @@ log "environment: $(cat "$OUT/env.json")"
 timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs tests/test_nearest.py \
     --junitxml="$OUT/test_nearest.xml" >"$OUT/test_nearest.log" 2>&1
 log "tests/test_nearest.py exit $? ($(tail -n 1 "$OUT/test_nearest.log"))"
+# What the op does on this GPU by default: the fused kernel, or the chunked fallback and why.
+timeout 60 "$PY" - >"$OUT/kernel_health.json" 2>>"$OUT/kernel_health.log" <<'EOF'
+import json, torch
+from asymrnr_fx import nearest
+out = {}
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for metric in ("l2", "cosine"):
+        src = torch.randn(2, 24, 4096, 128, device="cuda", dtype=dtype)
+        dst = torch.randn(2, 24, 512, 128, device="cuda", dtype=dtype)
+        nearest.nearest_dst(src, dst, metric)
+        key = (str(src.device), dtype, metric)
+        out[f"{dtype}/{metric}"] = {"triton": nearest.kernel_health.healthy.get(key),
+                                    "reason": nearest.kernel_health.reasons.get(key)}
+print(json.dumps(out))
+EOF
+log "kernel health: $(cat "$OUT/kernel_health.json")"
 
 # -- 3. attention at HunyuanVideo size ------------------------------------------------------
 timeout 120 "$PY" -m benchmarks.speed --preset hunyuan-attn --out "$OUT/speed_hunyuan-attn.json" \

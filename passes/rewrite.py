@@ -47,6 +47,7 @@ class MatchSettings:
     merge: str = "drop"
     mode: str = "similarity"
     seed: int = 0
+    kernel: str = "auto"  # the matching kernel: "auto", "triton" or "chunked"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _indexed_indices(builder: _Builder, site: int, plan: SitePlan, args: dict, s
         selected = builder.graph.call_function(
             torch.ops.asymrnr.select_tokens.default,
             (_match_source(args, component, settings), dst, src, keep, restore, refresh, slot,
-             plan.layout.video_start, settings.metric),
+             plan.layout.video_start, settings.metric, settings.kernel),
         )
         keep = builder.graph.call_function(operator.getitem, (selected, 0))
         restore = builder.graph.call_function(operator.getitem, (selected, 1))

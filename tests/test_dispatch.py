@@ -172,3 +172,24 @@ def test_composes_with_first_block_cache() -> None:
     # Steps whose later blocks the hook skips still advance the count.
     assert steps == list(range(9))
     assert state.refresh_steps == [0, 5]
+
+
+def test_mode_reaches_the_one_compiled_rewrite(monkeypatch) -> None:
+    import torch._inductor.compile_fx as compile_fx_module
+
+    seen = []
+
+    def recording(gm, example_inputs, config_patches=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(dict(config_patches or {}))
+        return gm.forward
+
+    monkeypatch.setattr(compile_fx_module, "compile_fx", recording)
+    tiny = build_tiny("wan", batch=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny.model, backend=asymrnr_fx.backend(kv_ratio=0.5),
+                             mode="max-autotune-no-cudagraphs")
+    with torch.no_grad():
+        out = compiled(**tiny.inputs)[0]
+    assert torch.isfinite(out).all()
+    assert seen and all(p.get("max_autotune") is True for p in seen)
+    assert not any(p.get("triton.cudagraphs") for p in seen)

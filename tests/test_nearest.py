@@ -291,3 +291,88 @@ def test_triton_kernel_under_interpreter():
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "1 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+# -- the GPU path must not be able to break users: the fallback, simulated on CPU -----------------
+
+@pytest.fixture
+def pretend_gpu(monkeypatch):
+    """The kernel 'exists' for CPU tensors; the health record starts empty."""
+    from asymrnr_fx import nearest
+
+    monkeypatch.setattr(nearest, "kernel_health", nearest.KernelHealth())
+    monkeypatch.setattr(nearest, "_triton_can_run", lambda src: True)
+    monkeypatch.delenv(nearest.KERNEL_ENV, raising=False)
+    return nearest
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 40, 8, generator=gen), torch.randn(2, 3, 9, 8, generator=gen)
+
+
+def test_a_failing_kernel_falls_back_with_one_warning(pretend_gpu, monkeypatch, caplog) -> None:
+    calls = []
+
+    def broken(src, dst, metric):  # noqa: ANN001, ANN202
+        calls.append(1)
+        raise RuntimeError("ptxas fatal: unsupported sm")
+
+    monkeypatch.setattr(pretend_gpu, "_run_triton", broken)
+    src, dst = _inputs()
+    with caplog.at_level("WARNING", logger="asymrnr_fx"):
+        for _ in range(3):
+            dist, idx = nearest_dst(src, dst, "l2")
+    want = nearest_dst_chunked(src, dst, "l2")
+    assert torch.equal(idx, want[1]) and torch.equal(dist, want[0])
+    assert len(calls) == 1  # checked once, then the chunked path without trying again
+    assert caplog.text.count("Triton matching kernel is not used") == 1
+    assert "ptxas fatal" in caplog.text and "ASYMRNR_MATCH_KERNEL" in caplog.text
+
+
+def test_a_kernel_that_disagrees_with_the_chunked_path_is_not_used(pretend_gpu, monkeypatch, caplog) -> None:
+    def wrong(src, dst, metric):  # noqa: ANN001, ANN202
+        dist, idx = nearest_dst_chunked(src, dst, metric)
+        return dist, (idx + 1) % dst.shape[-2]
+
+    monkeypatch.setattr(pretend_gpu, "_run_triton", wrong)
+    src, dst = _inputs()
+    with caplog.at_level("WARNING", logger="asymrnr_fx"):
+        _, idx = nearest_dst(src, dst, "cosine")
+    assert torch.equal(idx, nearest_dst_chunked(src, dst, "cosine")[1])
+    assert "disagree" in caplog.text
+
+
+def test_a_kernel_that_passes_the_check_is_used(pretend_gpu, monkeypatch) -> None:
+    used = []
+
+    def fine(src, dst, metric):  # noqa: ANN001, ANN202
+        used.append(src.shape)
+        return nearest_dst_chunked(src, dst, metric)
+
+    monkeypatch.setattr(pretend_gpu, "_run_triton", fine)
+    src, dst = _inputs()
+    nearest_dst(src, dst, "l2")
+    assert used == [(1, 40, 8), (2, 3, 40, 8)]  # the small check slice, then the real call
+
+
+@pytest.mark.parametrize("how", ["config", "environment"])
+def test_either_path_can_be_forced(pretend_gpu, monkeypatch, how) -> None:
+    def broken(src, dst, metric):  # noqa: ANN001, ANN202
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pretend_gpu, "_run_triton", broken)
+    src, dst = _inputs()
+    if how == "config":
+        with pytest.raises(RuntimeError, match="boom"):  # forced: the failure is shown
+            nearest_dst(src, dst, "l2", kernel="triton")
+        nearest_dst(src, dst, "l2", kernel="chunked")  # never touches the kernel
+    else:
+        monkeypatch.setenv(pretend_gpu.KERNEL_ENV, "triton")
+        with pytest.raises(RuntimeError, match="boom"):
+            nearest_dst(src, dst, "l2")
+        monkeypatch.setenv(pretend_gpu.KERNEL_ENV, "chunked")
+        nearest_dst(src, dst, "l2")
+    assert not pretend_gpu.kernel_health.reasons
+    with pytest.raises(ValueError, match="kernel"):
+        nearest_dst(src, dst, "l2", kernel="cuda")

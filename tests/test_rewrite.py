@@ -232,7 +232,8 @@ def test_cross_attention_and_causal_are_left_alone() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"kv_ratio": 1.0}, {"q_ratio": -0.1}, {"stride": (2, 0, 2)},
-                                 {"merge": "avg"}, {"grid": (2, 2)}, {"cache_interval": 0}])
+                                 {"merge": "avg"}, {"grid": (2, 2)}, {"cache_interval": 0},
+                                 {"match_kernel": "cuda"}, {"seed": 1.5}])
 def test_bad_config_names_the_field(bad: dict) -> None:
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):
