@@ -10,11 +10,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .backend import AsymRnRBackend, asymrnr_backend, backend
 from .config import AsymRnRConfig
+from .dynamo_backend import AsymRnRBackend, asymrnr_backend, backend
 from .ops import site_partition
 from .pipeline import StepCallback, apply, remove, states_of
-from .schedule import Schedule
+from .schedules.schedule import Schedule
 from .state import AsymRnRState
 
 __all__ = [

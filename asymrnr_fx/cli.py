@@ -55,7 +55,7 @@ def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, in
     """The shipped small model (or ``--weights``) and its clip geometry; one-line errors."""
     import torch
 
-    from . import sampling
+    from .small import sampling
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,7 +69,7 @@ def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, in
 # ------------------------------------------------------------------------------ show
 def _check_schedule_spec(spec: str, flag: str) -> None:
     """A schedule argument names a preset or an existing file (else a usage error)."""
-    from .presets import PRESETS
+    from .schedules.presets import PRESETS
 
     if spec not in PRESETS and not os.path.exists(spec):
         raise CLIError(f"{flag} {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an "
@@ -77,7 +77,7 @@ def _check_schedule_spec(spec: str, flag: str) -> None:
 
 
 def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
-    from .ratios import load_schedule_source
+    from .schedules.ratios import load_schedule_source
 
     _check_schedule_spec(spec, "schedule")
     source = load_schedule_source(spec)
@@ -89,7 +89,7 @@ def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .viz import format_schedule, heatmap
+    from .schedules.viz import format_schedule, heatmap
 
     schedule = _load_schedule_arg(args.schedule, args.layers, args.steps)
     print(format_schedule(schedule, max_columns=args.max_columns))
@@ -213,7 +213,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
 
     import asymrnr_fx
 
-    from . import sampling
+    from .small import sampling
 
     model, geometry = _load_small_model(args)
     if any(v is not None for v in (args.height, args.width, args.frames)):
@@ -303,7 +303,7 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     if args.model.startswith(TINY_PREFIX):
-        from .calibrate import simple_sampler
+        from .schedules.calibrate import simple_sampler
         from .tiny_models import TINY_MODELS, build_tiny
 
         name = args.model[len(TINY_PREFIX):]
@@ -313,9 +313,9 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
         return {"model": tiny.model, "sample": simple_sampler(tiny.model, tiny.inputs, args.steps),
                 "grid": tiny.grid, "text_side": _TINY_TEXT_SIDE[name], "name": f"tiny-{name}"}
     if args.model in SMALL_NAMES:
-        from . import sampling
-        from .data import TEXT_TOKENS
-        from .demo import DEFAULT_PROMPTS
+        from .small import sampling
+        from .small.data import TEXT_TOKENS
+        from .small.demo import DEFAULT_PROMPTS
 
         model, geometry = _load_small_model(args)
         grid = sampling.token_grid(model)
@@ -366,8 +366,8 @@ def _parse_stride(text: str) -> tuple[int, int, int]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
-    from .viz import format_schedule
+    from .schedules.calibrate import calibrate
+    from .schedules.viz import format_schedule
 
     if not 0.0 <= args.target < 1.0:
         raise CLIError(f"--target {args.target} is out of range [0, 1)", 2)
@@ -397,7 +397,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .small import demo
 
     return int(demo.main(args) or 0)
 
@@ -416,7 +416,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="Inductor vs AsymRnR on the shipped small model (CPU, offline)",
                        description="Run 'asymrnr demo -h' for the demo's options.")
     if _first_positional(argv) == "demo":
-        from . import demo
+        from .small import demo
 
         demo.add_arguments(p)  # imported only when the demo runs
     p.set_defaults(func=cmd_demo)

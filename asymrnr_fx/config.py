@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .schedule import check_ratio
+from .schedules.schedule import check_ratio
 
 if TYPE_CHECKING:
-    from .ratios import ScheduleSource
-    from .schedule import Schedule
+    from .schedules.ratios import ScheduleSource
+    from .schedules.schedule import Schedule
 
 __all__ = ["AsymRnRConfig", "DEFAULT_KV_RATIO"]
 
@@ -45,7 +45,7 @@ class AsymRnRConfig:
             ``schedule`` is given.
         q_ratio: Q ratio likewise (0 leaves Q untouched).
         layer_ratios: per attention site (in call order within one forward), ``(q, kv)``.
-        schedule: a :class:`~asymrnr_fx.schedule.Schedule`, a preset name, or a JSON path;
+        schedule: a :class:`~asymrnr_fx.schedules.schedule.Schedule`, a preset name, or a JSON path;
             ratios per (layer, step, component). Wins over the fields above. Loaded and
             checked here; the stride, cache interval, metric and seed it carries (a
             preset's reference settings, a calibrated file's) apply unless given explicitly.
@@ -97,7 +97,7 @@ class AsymRnRConfig:
     num_steps: int | None = None
 
     def __post_init__(self) -> None:
-        from .ratios import SCHEDULE_SETTINGS, effective_settings, load_schedule_source
+        from .schedules.ratios import SCHEDULE_SETTINGS, effective_settings, load_schedule_source
 
         # Fields the caller gave; the others come from the schedule or the defaults.
         explicit = {name: getattr(self, name) for name in SCHEDULE_SETTINGS
@@ -164,7 +164,7 @@ class AsymRnRConfig:
         Settings that came from the schedule are not carried over as if given: replacing
         the schedule brings the new schedule's stride, cache interval, metric and seed.
         """
-        from .ratios import SCHEDULE_SETTINGS
+        from .schedules.ratios import SCHEDULE_SETTINGS
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in SCHEDULE_SETTINGS:

@@ -163,7 +163,7 @@ def match(
     Every src finds its nearest dst; the ``N - num_keep`` src tokens closest to their dst are
     removed (ties: lower src position first). Returns ``(keep, restore)``.
     """
-    from .nearest import nearest_dst
+    from .kernels.nearest import nearest_dst
 
     dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric, kernel)
     order = torch.argsort(dist, dim=-1, stable=True)

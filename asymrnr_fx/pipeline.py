@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .backend import AsymRnRBackend
 from .config import AsymRnRConfig
+from .dynamo_backend import AsymRnRBackend
 from .state import AsymRnRState
 
 __all__ = ["apply", "remove", "latent_grid", "states_of", "StepCallback", "AsymRnRHook"]

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .ops import Partition, partition, site_partition
-from .ratios import RatioResolver
+from .schedules.ratios import RatioResolver
 
 __all__ = ["AsymRnRState", "StepTracker", "CacheEntry", "IndexKey"]
 

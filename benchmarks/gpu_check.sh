@@ -93,7 +93,7 @@ log "tests/test_nearest.py exit $? ($(tail -n 1 "$OUT/test_nearest.log"))"
 # What the op does on this GPU by default: the fused kernel, or the chunked fallback and why.
 timeout 60 "$PY" - >"$OUT/kernel_health.json" 2>>"$OUT/kernel_health.log" <<'EOF'
 import json, torch
-from asymrnr_fx import nearest
+from asymrnr_fx.kernels import nearest
 out = {}
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
     for metric in ("l2", "cosine"):

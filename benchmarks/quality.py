@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 import asymrnr_fx
 from asymrnr_fx.config import AsymRnRConfig
-from asymrnr_fx.data import TEXT_TOKENS
-from asymrnr_fx.demo import DEFAULT_PROMPTS, demo_config
-from asymrnr_fx.metrics import attention_cost, psnr, ssim
-from asymrnr_fx.sampling import clip_geometry, generate, load_small_model, token_grid
+from asymrnr_fx.small.data import TEXT_TOKENS
+from asymrnr_fx.small.demo import DEFAULT_PROMPTS, demo_config
+from asymrnr_fx.small.metrics import attention_cost, psnr, ssim
+from asymrnr_fx.small.sampling import clip_geometry, generate, load_small_model, token_grid
 
 
 def uniform_kv_at_cost(target: float, cost_of) -> float:  # noqa: ANN001

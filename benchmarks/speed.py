@@ -177,7 +177,7 @@ def time_matching(
     ``shape`` is (B, H, N_video, D) of the tensor matched on (V for K/V).
     """
     from asymrnr_fx import ops
-    from asymrnr_fx.nearest import nearest_dst, nearest_dst_chunked
+    from asymrnr_fx.kernels.nearest import nearest_dst, nearest_dst_chunked
 
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=device).to(dtype)
@@ -234,8 +234,8 @@ def build_cogvideox(preset: ModelPreset, device: torch.device) -> tuple[torch.nn
 
 def build_small(preset: ModelPreset, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The shipped small trained model and one prompt's inputs."""
-    from asymrnr_fx.data import encode_condition, parse_prompt
-    from asymrnr_fx.sampling import clip_geometry, load_small_model
+    from asymrnr_fx.small.data import encode_condition, parse_prompt
+    from asymrnr_fx.small.sampling import clip_geometry, load_small_model
 
     model = load_small_model().to(device)
     gen = torch.Generator(device="cpu").manual_seed(1)

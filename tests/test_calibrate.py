@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymrnr_fx.calibrate import (
+from asymrnr_fx.schedules.calibrate import (
     _CURVE_POINTS,
     Redundancy,
     allocate,
@@ -18,7 +18,7 @@ from asymrnr_fx.calibrate import (
     measure_redundancy,
     simple_sampler,
 )
-from asymrnr_fx.schedule import Schedule
+from asymrnr_fx.schedules.schedule import Schedule
 from asymrnr_fx.tiny_models import build_tiny
 
 STEPS = 5

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from asymrnr_fx.cli import main
-from asymrnr_fx.presets import get_preset
-from asymrnr_fx.schedule import Schedule
+from asymrnr_fx.schedules.presets import get_preset
+from asymrnr_fx.schedules.schedule import Schedule
 
 
 def _one_line_error(capsys) -> str:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymrnr_fx.data import (
+from asymrnr_fx.small.data import (
     COLOURS,
     MOTIONS,
     SHAPES,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from asymrnr_fx import demo
+from asymrnr_fx.small import demo
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:
@@ -29,8 +29,8 @@ def test_demo_runs_and_reports(tmp_path, capsys) -> None:
 
 
 def test_default_config_saves_a_third_of_attention() -> None:
-    from asymrnr_fx.data import TEXT_TOKENS
-    from asymrnr_fx.metrics import attention_cost
+    from asymrnr_fx.small.data import TEXT_TOKENS
+    from asymrnr_fx.small.metrics import attention_cost
 
     for steps in (10, 20, 50):
         cost = attention_cost(demo.demo_config(6, steps), num_layers=6, num_steps=steps,

@@ -145,7 +145,7 @@ def test_schedule_with_the_wrong_layer_count_is_an_error() -> None:
 
 
 def test_mode_and_options_reach_inductor() -> None:
-    from asymrnr_fx.backend import inductor_config_patches
+    from asymrnr_fx.dynamo_backend import inductor_config_patches
 
     patches = inductor_config_patches("max-autotune-no-cudagraphs", {"fx_graph_cache": False})
     assert patches["max_autotune"] is True and patches["fx_graph_cache"] is False

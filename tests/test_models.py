@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import asymrnr_fx
-from asymrnr_fx.backend import build_runner
+from asymrnr_fx.dynamo_backend import build_runner
 from asymrnr_fx.runner import InnerCompiler
 from asymrnr_fx.state import AsymRnRState
 from asymrnr_fx.tiny_models import build_tiny

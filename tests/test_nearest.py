@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymrnr_fx import triton_nearest
-from asymrnr_fx.nearest import (
+from asymrnr_fx.kernels import triton_nearest
+from asymrnr_fx.kernels.nearest import (
     CHUNK_BUDGET_BYTES,
     CPU_CHUNK_BUDGET_BYTES,
     nearest_dst,
@@ -298,7 +298,7 @@ def test_triton_kernel_under_interpreter():
 @pytest.fixture
 def pretend_gpu(monkeypatch):
     """The kernel 'exists' for CPU tensors; the health record starts empty."""
-    from asymrnr_fx import nearest
+    from asymrnr_fx.kernels import nearest
 
     monkeypatch.setattr(nearest, "kernel_health", nearest.KernelHealth())
     monkeypatch.setattr(nearest, "_triton_can_run", lambda src: True)

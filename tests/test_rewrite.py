@@ -245,7 +245,7 @@ def test_unknown_option_is_an_error() -> None:
         asymrnr_fx.AsymRnRConfig.from_dict({"kv_ratioo": 0.3})
     with pytest.raises(ValueError, match="kv_ratioo"):
         asymrnr_fx.backend(kv_ratioo=0.3)
-    from asymrnr_fx.backend import inductor_config_patches
+    from asymrnr_fx.dynamo_backend import inductor_config_patches
 
     with pytest.raises(ValueError, match="not_an_inductor_option"):
         inductor_config_patches(None, {"not_an_inductor_option": 1})

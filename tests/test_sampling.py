@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from asymrnr_fx.data import TEXT_DIM, TEXT_TOKENS, encode_condition, make_batch
-from asymrnr_fx.sampling import (
+from asymrnr_fx.small.data import TEXT_DIM, TEXT_TOKENS, encode_condition, make_batch
+from asymrnr_fx.small.sampling import (
     DEFAULT_WEIGHTS,
     clip_geometry,
     generate,
@@ -77,7 +77,7 @@ def test_two_step_sampling_is_seeded_and_in_range(model: torch.nn.Module, tmp_pa
 
 
 def test_guidance_and_argument_errors() -> None:
-    from asymrnr_fx.train import build_model
+    from asymrnr_fx.small.train import build_model
 
     torch.manual_seed(0)
     tiny = build_model(num_layers=1, num_attention_heads=1, attention_head_dim=16, time_embed_dim=8,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymrnr_fx.presets import PRESETS, get_preset
-from asymrnr_fx.ratios import load_schedule_source
-from asymrnr_fx.schedule import Schedule, map_step
+from asymrnr_fx.schedules.presets import PRESETS, get_preset
+from asymrnr_fx.schedules.ratios import load_schedule_source
+from asymrnr_fx.schedules.schedule import Schedule, map_step
 
 ratio = st.floats(min_value=0.0, max_value=0.99, allow_nan=False).map(lambda x: round(x, 3))
 

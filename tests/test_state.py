@@ -18,7 +18,7 @@ import asymrnr_fx
 from asymrnr_fx import Schedule
 from asymrnr_fx.cli import _schedule_config
 from asymrnr_fx.ops import dst_count, site_partition
-from asymrnr_fx.presets import PRESETS
+from asymrnr_fx.schedules.presets import PRESETS
 from asymrnr_fx.state import AsymRnRState
 from asymrnr_fx.tiny_models import build_tiny
 

@@ -7,15 +7,15 @@ import math
 
 import torch
 
-from asymrnr_fx.sampling import load_small_model
-from asymrnr_fx.train import heldout_loss, main
+from asymrnr_fx.small.sampling import load_small_model
+from asymrnr_fx.small.train import heldout_loss, main
 
 TINY = ["--threads", "1", "--batch", "2", "--frames", "2", "--save-every", "2", "--warmup", "1"]
 
 
 def _tiny_overrides(monkeypatch) -> None:
     # The CLI builds the shipped config; shrink it so a step takes milliseconds.
-    import asymrnr_fx.train as train
+    import asymrnr_fx.small.train as train
 
     tiny = dict(num_layers=1, num_attention_heads=1, attention_head_dim=16, time_embed_dim=8)
     monkeypatch.setattr(train, "MODEL_CONFIG", {**train.MODEL_CONFIG, **tiny})
@@ -27,7 +27,7 @@ def test_short_run_writes_ema_raw_and_log(tmp_path, monkeypatch) -> None:
     assert main(["--out", str(out), "--steps", "3", *TINY]) == 0
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == 3 and set(summary["heldout_loss"]) == {"ema", "raw"}
-    assert summary["command"].startswith("python -m asymrnr_fx.train --out")
+    assert summary["command"].startswith("python -m asymrnr_fx.small.train --out")
     assert len((out / "loss.csv").read_text().splitlines()) == 1 + 3
     ema, raw = load_small_model(out), load_small_model(out / "raw")
     assert ema.config.num_layers == 1

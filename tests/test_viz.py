@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from PIL import Image
 
-from asymrnr_fx.presets import get_preset
-from asymrnr_fx.schedule import Schedule
-from asymrnr_fx.viz import _colour, format_schedule, format_table, heatmap, step_runs
+from asymrnr_fx.schedules.presets import get_preset
+from asymrnr_fx.schedules.schedule import Schedule
+from asymrnr_fx.schedules.viz import _colour, format_schedule, format_table, heatmap, step_runs
 
 
 def test_step_runs_are_phases() -> None:

@@ -7,7 +7,7 @@ per-row minimum and its index:
 
 * on CPU (and as the CUDA fallback) a chunked PyTorch implementation that bounds the
   distance block in memory by processing src rows (and, if needed, groups) in chunks;
-* on CUDA, when Triton is importable, a fused kernel (:mod:`asymrnr_fx.triton_nearest`)
+* on CUDA, when Triton is importable, a fused kernel (:mod:`asymrnr_fx.kernels.triton_nearest`)
   that keeps a running min/argmin per src row while it tiles over dst, like flash attention.
 
 It is a ``torch.library.custom_op`` with a fake implementation, so Dynamo, AOTAutograd and

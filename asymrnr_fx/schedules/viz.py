@@ -1,4 +1,4 @@
-"""Show a :class:`~asymrnr_fx.schedule.Schedule`: a text table and a heat-map PNG.
+"""Show a :class:`~asymrnr_fx.schedules.schedule.Schedule`: a text table and a heat-map PNG.
 
 The table groups consecutive steps that use the same per-site ratios (one column per
 group, i.e. per compiled phase), so even a 50-step schedule prints exactly in a few

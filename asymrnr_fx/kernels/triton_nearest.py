@@ -1,4 +1,4 @@
-"""Fused Triton kernel for :func:`asymrnr_fx.nearest.nearest_dst` on CUDA.
+"""Fused Triton kernel for :func:`asymrnr_fx.kernels.nearest.nearest_dst` on CUDA.
 
 One program owns ``BLOCK_M`` src rows of one group (batch x head). It loads them once,
 then walks over dst in tiles of ``BLOCK_N`` rows like flash attention walks over keys: one
@@ -148,7 +148,7 @@ def _blocks(dim_block: int, ieee: bool) -> tuple[int, int, int, int]:
 
 
 def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
-    """The fused kernel; same contract as :func:`asymrnr_fx.nearest.nearest_dst`."""
+    """The fused kernel; same contract as :func:`asymrnr_fx.kernels.nearest.nearest_dst`."""
     from .nearest import NORM_EPS, _check
 
     _check(src, dst, metric)

@@ -1,14 +1,14 @@
 """``asymrnr demo``: the same prompts and seeds with plain Inductor and with AsymRnR.
 
 Offline and on CPU in a few minutes: it samples the small trained video transformer
-shipped with the package (see :mod:`asymrnr_fx.sampling`) once compiled with
+shipped with the package (see :mod:`asymrnr_fx.small.sampling`) once compiled with
 ``backend="inductor"`` and once with ``backend=asymrnr_fx.backend(config)``, then prints
 per clip the sampling time, the speedup, the attention FLOPs removed, and PSNR / SSIM of
 the AsymRnR clip against the Inductor clip, and writes a side-by-side GIF
 (Inductor | AsymRnR | 4x amplified difference, one row per prompt).
 
     asymrnr demo                       # default prompts and schedule
-    python -m asymrnr_fx.demo --steps 30 --prompts "red circle right" "blue square orbit"
+    python -m asymrnr_fx.small.demo --steps 30 --prompts "red circle right" "blue square orbit"
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ DEMO_RULES: tuple[dict[str, Any], ...] = (
 
 def demo_config(num_layers: int, num_steps: int, **overrides: Any):
     """The demo's default AsymRnR config: a layer/step schedule for the small model."""
-    from .config import AsymRnRConfig
-    from .schedule import Schedule
+    from ..config import AsymRnRConfig
+    from ..schedules.schedule import Schedule
 
     schedule = Schedule.from_ranges(num_layers, num_steps, list(DEMO_RULES), name="demo")
     fields = dict(schedule=schedule, num_steps=num_steps)
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace, num_layers: int):
-    from .config import AsymRnRConfig
+    from ..config import AsymRnRConfig
 
     if args.schedule is not None:
         return AsymRnRConfig(schedule=args.schedule, cache_interval=args.cache_interval,
@@ -91,8 +91,8 @@ def _config_from_args(args: argparse.Namespace, num_layers: int):
 
 def _describe(config: Any, num_layers: int, num_steps: int) -> str:
     """One readable line: the schedule as ``(q, kv)`` per layer for each run of steps."""
-    from .ratios import per_step_ratios
-    from .viz import step_runs
+    from ..schedules.ratios import per_step_ratios
+    from ..schedules.viz import step_runs
 
     if config.schedule is None:
         return repr(config)
@@ -223,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asymrnr_fx.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m asymrnr_fx.small.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return main(parser.parse_args(argv))

@@ -1,11 +1,11 @@
-"""Train the small CogVideoX transformer on the procedural clips of :mod:`asymrnr_fx.data`.
+"""Train the small CogVideoX transformer on the procedural clips of :mod:`asymrnr_fx.small.data`.
 
 Pixel-space rectified flow (no VAE): ``x_t = (1 - s) x_0 + s noise``. The model predicts
 the clean clip ``x_0`` at timestep ``1000 s`` (x-prediction, trained with the velocity
 loss); sampling turns it into the velocity ``(x_t - x_0) / s`` that diffusers'
 ``FlowMatchEulerDiscreteScheduler`` integrates.
 
-    python -m asymrnr_fx.train --out asymrnr_fx/weights/shapes-cogvideox --minutes 60
+    python -m asymrnr_fx.small.train --out asymrnr_fx/weights/shapes-cogvideox --minutes 60
 
 Checkpoints (EMA weights, ``from_pretrained`` layout) are written every ``--save-every``
 steps and at the end, so whatever is on disk when the run is stopped is usable;
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip this many clips (continue a run on fresh clips)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m asymrnr_fx.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m asymrnr_fx.small.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     summary = train(
         args.out, steps=args.steps, minutes=args.minutes, batch=args.batch, lr=args.lr, seed=args.seed,
         ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, save_every=args.save_every,

@@ -11,7 +11,7 @@ reference implementation's typical settings (K/V cut 0.3 in roughly 30-40 % of t
 (layer, step) pairs, Q cut 0.4-0.9 in roughly 15-25 %). The reference derives its tables
 from each model's similarity statistics; those models' weights are not used here, so none
 of these presets was measured on the model it is named after. For a schedule fitted to
-your model, run ``asymrnr calibrate`` (see :mod:`asymrnr_fx.calibrate`).
+your model, run ``asymrnr calibrate`` (see :mod:`asymrnr_fx.schedules.calibrate`).
 """
 
 from __future__ import annotations

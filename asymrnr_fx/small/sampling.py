@@ -1,7 +1,7 @@
 """Generate clips with the small trained video transformer, and write them as GIF/PNG.
 
 The model is the real diffusers ``CogVideoXTransformer3DModel`` trained in pixel space
-with rectified flow to predict the clean clip (see :mod:`asymrnr_fx.train`); sampling
+with rectified flow to predict the clean clip (see :mod:`asymrnr_fx.small.train`); sampling
 turns each prediction into a velocity and integrates it with diffusers'
 ``FlowMatchEulerDiscreteScheduler``. The transformer is always called as
 ``model(hidden_states=..., encoder_hidden_states=..., timestep=..., return_dict=False)``
@@ -87,8 +87,8 @@ def generate(
 
     Args:
         model: the transformer (eager or ``torch.compile``'d).
-        conditions: :class:`~asymrnr_fx.data.Condition` objects or prompts for
-            :func:`~asymrnr_fx.data.parse_prompt`.
+        conditions: :class:`~asymrnr_fx.small.data.Condition` objects or prompts for
+            :func:`~asymrnr_fx.small.data.parse_prompt`.
         seeds: one seed per clip; the clip's starting noise depends on its seed only.
         steps: denoising steps.
         guidance_scale: classifier-free guidance; 1.0 disables it (no extra batch).

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .ops import kept_count, partition
+from ..ops import kept_count, partition
 from .schedule import Schedule
 
 __all__ = [
@@ -191,7 +191,7 @@ class _Measure:
         return x[..., start:start + self.num_video, :]
 
     def _curve(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        from .nearest import nearest_dst
+        from ..kernels.nearest import nearest_dst
 
         part = self.part
         x = x.float()

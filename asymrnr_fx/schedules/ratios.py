@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..ops import kept_count
 from . import presets
-from .ops import kept_count
 from .schedule import Schedule
 
 __all__ = [

@@ -73,11 +73,11 @@ def attention_cost(
     text_tokens: int = 0,
 ) -> float:
     """Fraction of the full model's attention FLOPs that ``config`` still spends over one
-    generation (see :func:`asymrnr_fx.ratios.attention_flops_cut`)."""
+    generation (see :func:`asymrnr_fx.schedules.ratios.attention_flops_cut`)."""
     import math
 
-    from .ops import dst_count
-    from .ratios import attention_flops_cut, per_step_ratios
+    from ..ops import dst_count
+    from ..schedules.ratios import attention_flops_cut, per_step_ratios
 
     cut = attention_flops_cut(
         per_step_ratios(config, num_layers, num_steps), num_video=math.prod(grid),
