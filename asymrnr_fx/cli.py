@@ -22,17 +22,6 @@ PROG = "asymrnr"
 SMALL_NAMES = ("small", "shapes-cogvideox")
 TINY_PREFIX = "tiny:"
 
-# Where the text segment sits in each family's joint self-attention (None: no text there).
-_TEXT_SIDE = {
-    "CogVideoXTransformer3DModel": "before",
-    "HunyuanVideoTransformer3DModel": "after",
-    "MochiTransformer3DModel": "after",
-    "WanTransformer3DModel": None,
-    "LTXVideoTransformer3DModel": None,
-}
-_TINY_TEXT_SIDE = {"cogvideox": "before", "hunyuanvideo": "after", "mochi": "after",
-                   "wan": None, "ltxvideo": None}
-
 
 class CLIError(Exception):
     """An expected failure: printed as one line, exit ``code`` (2 usage, 1 runtime)."""
@@ -152,24 +141,6 @@ def _device_dtype(cpu: bool):
     if not cpu and torch.cuda.is_available():
         return "cuda", torch.bfloat16
     return "cpu", torch.float32
-
-
-def _latent_grid(pipe, height: int, width: int, frames: int) -> tuple[int, int, int]:
-    """Video token grid (T, H, W) of a diffusers video pipeline at this output size."""
-    def factor(names: tuple[str, ...], default: int) -> int:
-        return next((int(getattr(pipe, n)) for n in names if getattr(pipe, n, None)), default)
-
-    # The pipelines name their VAE compression factors differently.
-    spatial = factor(("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
-                      "vae_spatial_scale_factor"), 8)
-    temporal = factor(("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
-                       "vae_temporal_scale_factor"), 4)
-    cfg = pipe.transformer.config
-    p, pt = cfg.get("patch_size", 1), cfg.get("patch_size_t", None) or 1
-    if isinstance(p, (tuple, list)):  # Wan: (t, h, w)
-        pt, p = p[0], p[1]
-    t = ((frames - 1) // temporal + 1) // pt
-    return t, height // spatial // p, width // spatial // p
 
 
 # -------------------------------------------------------------------------- generate
@@ -302,6 +273,8 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
     """Model, sampling callable and token layout for ``asymrnr calibrate``."""
     import torch
 
+    from .models import FAMILIES, family_of, pipeline_grid
+
     if args.model.startswith(TINY_PREFIX):
         from .schedules.calibrate import simple_sampler
         from .tiny_models import TINY_MODELS, build_tiny
@@ -310,8 +283,10 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
         if name not in TINY_MODELS:
             raise CLIError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}", 2)
         tiny = build_tiny(name, batch=1, seed=args.seed)
+        family = family_of(tiny.model)
         return {"model": tiny.model, "sample": simple_sampler(tiny.model, tiny.inputs, args.steps),
-                "grid": tiny.grid, "text_side": _TINY_TEXT_SIDE[name], "name": f"tiny-{name}"}
+                "grid": tiny.grid, "text_side": family.text_side, "stride": family.stride,
+                "name": f"tiny-{name}"}
     if args.model in SMALL_NAMES:
         from .small import sampling
         from .small.data import TEXT_TOKENS
@@ -334,10 +309,11 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError("--height, --width and --frames are required for a diffusers pipeline", 2)
     device, dtype = _device_dtype(args.cpu)
     pipe = _load_pipeline(args.model, args.download, device, dtype)
-    kind = type(pipe.transformer).__name__
-    if kind not in _TEXT_SIDE:
-        raise CLIError(f"calibration does not know the token layout of {kind}; "
-                       f"supported: {', '.join(_TEXT_SIDE)}")
+    family = family_of(pipe.transformer)
+    if family is None:
+        known = ", ".join(c for f in FAMILIES for c in f.classes)
+        raise CLIError(f"calibration does not know the token layout of "
+                       f"{type(pipe.transformer).__name__}; supported: {known}")
 
     def sample(set_step: Callable[[int], None]) -> None:
         def on_step_end(pipeline, i, t, callback_kwargs):  # noqa: ANN001, ANN202
@@ -351,8 +327,8 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
                 "generator": torch.Generator(device).manual_seed(args.seed), **dict(args.arg)})
 
     return {"model": pipe.transformer, "sample": sample,
-            "grid": _latent_grid(pipe, args.height, args.width, args.frames),
-            "text_side": _TEXT_SIDE[kind], "name": args.model}
+            "grid": pipeline_grid(pipe, args.height, args.width, args.frames),
+            "text_side": family.text_side, "stride": family.stride, "name": args.model}
 
 
 def _parse_stride(text: str) -> tuple[int, int, int]:
@@ -379,7 +355,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(
         setup["model"], setup["sample"], target_flops_cut=args.target, grid=setup["grid"],
         steps=args.steps, text_tokens=setup.get("text_tokens"), text_side=setup["text_side"],
-        stride=args.stride, seed=args.seed, priors=not args.no_priors,
+        stride=args.stride or setup.get("stride", (2, 2, 2)), seed=args.seed, priors=not args.no_priors,
         step_groups=args.step_groups, name=f"{setup['name']}-cut{args.target:g}",
     )
     seconds = time.perf_counter() - start
@@ -451,7 +427,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="schedule JSON to write (stats go beside it)")
     p.add_argument("--prompt", nargs="+", help="prompt(s) of the calibration run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stride", type=_parse_stride, default=(2, 2, 2), help="partition t,h,w")
+    p.add_argument("--stride", type=_parse_stride, default=None,
+                   help="partition t,h,w (default: the model family's, e.g. 6,2,2 for HunyuanVideo)")
     p.add_argument("--step-groups", type=int, default=None,
                    help="steps share ratios in this many groups (default 5): one graph each")
     p.add_argument("--no-priors", action="store_true",

@@ -24,9 +24,10 @@ import torch
 
 from .config import AsymRnRConfig
 from .dynamo_backend import AsymRnRBackend
+from .models import latent_grid
 from .state import AsymRnRState
 
-__all__ = ["apply", "remove", "latent_grid", "states_of", "StepCallback", "AsymRnRHook"]
+__all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook"]
 
 HOOK_NAME = "asymrnr"
 TRANSFORMER_NAMES = ("transformer", "transformer_2")
@@ -43,35 +44,6 @@ def _transformers(pipe: Any) -> list[torch.nn.Module]:
             "or the transformer itself"
         )
     return found
-
-
-def _patch_sizes(config: Any) -> tuple[int, int, int]:
-    patch = config.get("patch_size", 1) or 1
-    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
-        return tuple(int(p) for p in patch)  # type: ignore[return-value]
-    return int(config.get("patch_size_t", 1) or 1), int(patch), int(patch)
-
-
-def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
-    """The video token grid of this call, from the latent shape and the model's patch sizes.
-
-    Evidence for graphs that do not show the patch embedding (LTX-Video's pre-patchified
-    tokens, repeated blocks compiled alone); a graph's own patch embedding wins.
-    """
-    config = getattr(transformer, "config", None)
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    if config is None or not isinstance(hidden, torch.Tensor):
-        return None
-    pt, ph, pw = _patch_sizes(config)
-    if hidden.dim() == 5:
-        # CogVideoX lays latents out as (B, F, C, H, W); the others as (B, C, F, H, W).
-        frames = hidden.shape[1] if type(transformer).__name__.startswith("CogVideoX") else hidden.shape[2]
-        height, width = hidden.shape[-2:]
-    elif hidden.dim() == 3 and all(isinstance(kwargs.get(k), int) for k in ("num_frames", "height", "width")):
-        frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
-    else:
-        return None
-    return -(-frames // pt), height // ph, width // pw
 
 
 def _hooks_module() -> Any:

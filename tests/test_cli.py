@@ -131,13 +131,13 @@ def test_demo_options_are_the_demos(capsys) -> None:
 def test_latent_grid(names, patch, patch_t, frames, hw, grid) -> None:
     from types import SimpleNamespace
 
-    from asymrnr_fx.cli import _latent_grid
+    from asymrnr_fx.models import pipeline_grid
 
     temporal = 6 if "scale_factor" in names[1] and names[1].startswith("vae_temporal") else 4
     pipe = SimpleNamespace(**{names[0]: 8, names[1]: temporal},
                            transformer=SimpleNamespace(config={"patch_size": patch,
                                                                "patch_size_t": patch_t}))
-    assert _latent_grid(pipe, hw[0], hw[1], frames) == grid
+    assert pipeline_grid(pipe, hw[0], hw[1], frames) == grid
 
 
 def _tiny_pipeline_folder(path) -> None:

@@ -51,7 +51,7 @@ def test_apply_rejects_objects_without_a_transformer() -> None:
 
 @pytest.mark.parametrize("name", ["cogvideox", "hunyuanvideo", "wan", "ltxvideo", "mochi"])
 def test_latent_grid_hint_matches_the_token_grid(name: str) -> None:
-    from asymrnr_fx.pipeline import latent_grid
+    from asymrnr_fx.models import latent_grid
 
     tiny = build_tiny(name, batch=1)
     assert latent_grid(tiny.model, (), tiny.inputs) == tiny.grid

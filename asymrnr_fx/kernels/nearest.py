@@ -39,14 +39,14 @@ import os
 import torch
 from torch import Tensor
 
+from .contract import METRICS, NORM_EPS, check_inputs
+
 __all__ = ["METRICS", "KERNELS", "nearest_dst", "nearest_dst_chunked", "kernel_health"]
 
 logger = logging.getLogger("asymrnr_fx")
 
-METRICS = ("l2", "cosine")
 KERNELS = ("auto", "triton", "chunked")
 KERNEL_ENV = "ASYMRNR_MATCH_KERNEL"
-NORM_EPS = 1e-6
 # Bytes the chunked path may spend on one block of fp32 distances. On CPU a block that stays
 # in cache beats one big GEMM (the min pass then reads cached data, and no fresh pages are
 # touched per call); on a GPU large blocks keep launches few.
@@ -54,26 +54,6 @@ CHUNK_BUDGET_BYTES = 256 * 2**20
 CPU_CHUNK_BUDGET_BYTES = 8 * 2**20
 # Below this many src rows per GEMM, batched GEMMs get inefficient: take fewer groups instead.
 MIN_CHUNK_ROWS = 256
-
-
-def _check(src: Tensor, dst: Tensor, metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r} is invalid: choose one of {METRICS}")
-    if src.dim() < 2 or dst.dim() < 2:
-        raise ValueError(
-            f"src and dst must be (..., N, D); got shapes {tuple(src.shape)} and {tuple(dst.shape)}"
-        )
-    if src.shape[:-2] != dst.shape[:-2] or src.shape[-1] != dst.shape[-1]:
-        raise ValueError(
-            "src (..., Ns, D) and dst (..., Nd, D) need the same leading dims and D; got "
-            f"{tuple(src.shape)} and {tuple(dst.shape)}"
-        )
-    if dst.shape[-2] == 0 and src.shape[-2] > 0:
-        raise ValueError("dst has no rows: there is no nearest dst for any src row")
-    if not (src.is_floating_point() and dst.is_floating_point()):
-        raise ValueError(f"src and dst must be floating point; got {src.dtype} and {dst.dtype}")
-    if src.device != dst.device:
-        raise ValueError(f"src and dst are on different devices: {src.device} and {dst.device}")
 
 
 def _rhs(dst: Tensor, metric: str) -> Tensor:
@@ -97,7 +77,7 @@ def nearest_dst_chunked(
     256 MiB elsewhere): groups and src rows are processed in blocks, at least
     ``MIN_CHUNK_ROWS`` src rows per block where the budget allows.
     """
-    _check(src, dst, metric)
+    check_inputs(src, dst, metric)
     lead, ns, nd, d = src.shape[:-2], src.shape[-2], dst.shape[-2], src.shape[-1]
     g = lead.numel()  # not reshape(-1, ...): that is ambiguous for empty tensors
     s3 = src.reshape(g, ns, d)
@@ -216,7 +196,7 @@ def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = 
 
 @_nearest_dst_op.register_fake
 def _(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
-    _check(src, dst, metric)
+    check_inputs(src, dst, metric)
     out_shape = (*src.shape[:-1],)
     return (
         src.new_empty(out_shape, dtype=torch.float32),

@@ -28,6 +28,8 @@ import os
 import torch
 from torch import Tensor
 
+from .contract import NORM_EPS, check_inputs
+
 try:  # Triton is optional: the CPU path and the CUDA fallback never need it.
     import triton
     import triton.language as tl
@@ -149,9 +151,7 @@ def _blocks(dim_block: int, ieee: bool) -> tuple[int, int, int, int]:
 
 def nearest_dst_triton(src: Tensor, dst: Tensor, metric: str = "l2") -> tuple[Tensor, Tensor]:
     """The fused kernel; same contract as :func:`asymrnr_fx.kernels.nearest.nearest_dst`."""
-    from .nearest import NORM_EPS, _check
-
-    _check(src, dst, metric)
+    check_inputs(src, dst, metric)
     if not available():
         raise RuntimeError(
             "the Triton nearest_dst kernel needs Triton and CUDA (or TRITON_INTERPRET=1)"

@@ -1,0 +1,100 @@
+"""What the package knows about each family of video transformers, in one table.
+
+A new model family is one :class:`ModelFamily` entry in :data:`FAMILIES`: which diffusers
+classes it covers, where the text sits in its joint self-attention, how its latent is laid
+out and patched, and which schedule preset (with the reference's stride and cache interval)
+fits it. ``apply(pipe)`` reads it to give the pass the latent grid, the CLI and calibration to
+find the text and the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["ModelFamily", "FAMILIES", "family_of", "patch_sizes", "latent_grid", "pipeline_grid"]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One family of diffusers video transformers."""
+
+    name: str
+    classes: tuple[str, ...]  # diffusers transformer class names
+    text_side: str | None  # text "before" / "after" the video in joint self-attention; None: cross
+    frames_axis: int  # where frames sit in the 5-D latent: 1 (B, F, C, H, W) or 2 (B, C, F, H, W)
+    preset: str | None = None  # the schedule preset (and so stride / cache interval) for it
+    tiny: str | None = None  # its tiny random-weight config in asymrnr_fx.tiny_models
+
+    @property
+    def stride(self) -> tuple[int, int, int]:
+        """The reference's partition stride for this family (the preset's)."""
+        from .schedules.presets import PRESETS
+
+        return PRESETS[self.preset].stride if self.preset else (2, 2, 2)
+
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily("cogvideox", ("CogVideoXTransformer3DModel",), "before", 1, "cogvideox-2b", "cogvideox"),
+    ModelFamily("hunyuanvideo", ("HunyuanVideoTransformer3DModel",), "after", 2, "hunyuanvideo", "hunyuanvideo"),
+    ModelFamily("mochi", ("MochiTransformer3DModel",), "after", 2, "mochi", "mochi"),
+    ModelFamily("wan", ("WanTransformer3DModel",), None, 2, "wan2.1", "wan"),
+    ModelFamily("ltx-video", ("LTXVideoTransformer3DModel",), None, 2, "ltx-video", "ltxvideo"),
+)
+
+
+def family_of(model: Any) -> ModelFamily | None:
+    """The family of a transformer (instance, class or class name), or None when unknown."""
+    if isinstance(model, str):
+        name = model
+    else:
+        name = (model if isinstance(model, type) else type(model)).__name__
+    return next((f for f in FAMILIES if name in f.classes), None)
+
+
+def patch_sizes(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(t, h, w)`` patch sizes from a diffusers config: ``patch_size`` (an int, or Wan's
+    ``(t, h, w)``) and ``patch_size_t``."""
+    patch = config.get("patch_size", 1) or 1
+    if isinstance(patch, (tuple, list)):
+        return tuple(int(p) for p in patch)  # type: ignore[return-value]
+    return int(config.get("patch_size_t", 1) or 1), int(patch), int(patch)
+
+
+def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
+    """The video token grid of one forward call, from the latent shape and the patch sizes.
+
+    Evidence for graphs that do not show the patch embedding (LTX-Video's pre-patchified
+    tokens, repeated blocks compiled alone); a graph's own patch embedding wins.
+    """
+    config = getattr(transformer, "config", None)
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if config is None or not isinstance(hidden, torch.Tensor):
+        return None
+    pt, ph, pw = patch_sizes(config)
+    if hidden.dim() == 5:
+        family = family_of(transformer)
+        frames = hidden.shape[family.frames_axis if family else 2]
+        height, width = hidden.shape[-2:]
+    elif hidden.dim() == 3 and all(isinstance(kwargs.get(k), int) for k in ("num_frames", "height", "width")):
+        frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
+    else:
+        return None
+    return -(-frames // pt), height // ph, width // pw
+
+
+def pipeline_grid(pipe: Any, height: int, width: int, frames: int) -> tuple[int, int, int]:
+    """Video token grid (T, H, W) of a diffusers video pipeline at this output size."""
+    def factor(names: tuple[str, ...], default: int) -> int:
+        return next((int(getattr(pipe, n)) for n in names if getattr(pipe, n, None)), default)
+
+    # The pipelines name their VAE compression factors differently.
+    spatial = factor(("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
+                      "vae_spatial_scale_factor"), 8)
+    temporal = factor(("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
+                       "vae_temporal_scale_factor"), 4)
+    pt, ph, pw = patch_sizes(pipe.transformer.config)
+    return ((frames - 1) // temporal + 1) // pt, height // spatial // ph, width // spatial // pw
