@@ -396,8 +396,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
         demo.add_arguments(p)  # imported only when the demo runs
     p.set_defaults(func=cmd_demo)
+    _add_generate(sub.add_parser("generate", help="generate a video with AsymRnR"))
+    _add_calibrate(sub.add_parser("calibrate", help="fit a schedule to a model's token redundancy"))
+    _add_show(sub.add_parser("show", help="print a schedule and draw its heat map"))
+    return parser
 
-    p = sub.add_parser("generate", help="generate a video with AsymRnR")
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small' (the shipped model), a Hugging Face id or a local pipeline folder")
     p.add_argument("--prompt", help="text prompt")
@@ -418,7 +423,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common_model_flags(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("calibrate", help="fit a schedule to a model's token redundancy")
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
     p.add_argument("--target", type=float, required=True,
@@ -439,7 +445,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common_model_flags(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("show", help="print a schedule and draw its heat map")
+
+def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("schedule", help="schedule JSON file or preset name")
     p.add_argument("--png", help="heat map path (default: the JSON path with .png)")
     p.add_argument("--no-png", action="store_true", help="print only")
@@ -448,7 +455,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--max-columns", type=int, default=16,
                    help="above this many step groups print per-layer means")
     p.set_defaults(func=cmd_show)
-    return parser
 
 
 def _pipeline_arg(text: str) -> tuple[str, Any]:

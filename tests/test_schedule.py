@@ -66,7 +66,6 @@ def test_ratios_at_and_phases() -> None:
     assert sched.ratios_at(7, 8) == sched.ratios_at(3)
     phases = sched.distinct_phases()
     assert len(phases) == 3 and phases[0] == sched.ratios_at(0)
-    assert [sched.phase_index(s) for s in range(4)] == [0, 1, 1, 2]
     with pytest.raises(ValueError, match="num_steps=4"):
         sched.ratios_at(4)
     with pytest.raises(ValueError, match="num_steps=8"):
@@ -95,15 +94,26 @@ def test_from_ranges() -> None:
     assert [row[0] for row in s2.kv] == [0.0] * 3 + [0.1] * 7
 
 
-def test_from_tiers() -> None:
-    tiers = [[0, 2, 3], [4, 5, 9]]
+def test_from_tiers_reads_the_reference_orientation_and_rules() -> None:
+    # Three blocks x five steps (non-square): tiers[block][step], as the reference indexes
+    # its redundancy schedule (schedule[feature][block, step]).
+    tiers = [[0, 2, 3, 6, 8],
+             [4, 5, 9, 7, 6],
+             [1, 1, 8, 8, 2]]
     sched = Schedule.from_tiers(tiers, {"kv": [(2, 0.3)], "q": [(3, 0.5), {"min_tier": 5, "ratio": 0.8}]})
-    assert sched.kv == ((0.0, 0.3, 0.3), (0.3, 0.3, 0.3))
-    assert sched.q == ((0.0, 0.0, 0.5), (0.5, 0.8, 0.8))
-    # Reference YAML form, JSON string keys, per-component tables.
-    s2 = Schedule.from_tiers({"q": tiers, "kv": [[9, 9, 9], [0, 0, 0]]}, {"kv": {"8": 0.3}})
-    assert s2.kv == ((0.3,) * 3, (0.0,) * 3) and s2.is_identity is False
-    assert s2.q == ((0.0,) * 3,) * 2
+    assert (sched.num_layers, sched.num_steps) == (3, 5)
+    assert sched.kv[0] == (0.0, 0.3, 0.0)  # step 0: block 0 tier 0, block 1 tier 4, block 2 tier 1
+    assert [row[1] for row in sched.kv] == [0.3] * 5  # block 1 reaches tier 2 at every step
+    assert [row[0] for row in sched.q] == [0.0, 0.0, 0.5, 0.8, 0.8]
+    # The reference's YAML (configs/cogvideox-2b_cache5_0.yaml): q {6: 0.4, 7: 0.8}, v {8: 0.3}.
+    ref = Schedule.from_tiers(tiers, {"q": {"6": 0.4, "7": 0.8}, "v": {8: 0.3}})
+    assert [row[0] for row in ref.q] == [0.0, 0.0, 0.0, 0.4, 0.8]
+    assert [row[2] for row in ref.kv] == [0.0, 0.0, 0.3, 0.3, 0.0]
+    # The largest ratio whose threshold the tier reaches, as in the reference.
+    assert Schedule.from_tiers([[9]], {"q": {1: 0.6, 5: 0.4}}).q == ((0.6,),)
+    # Per-component tables.
+    s2 = Schedule.from_tiers({"q": tiers, "kv": [[9] * 5, [0] * 5, [0] * 5]}, {"kv": {"8": 0.3}})
+    assert s2.kv == ((0.3, 0.0, 0.0),) * 5 and s2.q == ((0.0,) * 3,) * 5
 
 
 BAD_DICTS = [
@@ -151,7 +161,7 @@ def test_bad_ranges(rule: dict, msg: str) -> None:
 @pytest.mark.parametrize("tiers,thresholds,msg", [
     ([[0, 1], [1]], {"kv": [(1, 0.3)]}, r"tiers\[1\] has 1 entries"),
     ([[0, 1]], {"k": [(1, 0.3)]}, "unknown component"),
-    ({"q": [[0]], "v": [[0]]}, {}, "unknown component"),
+    ({"q": [[0]], "k": [[0]]}, {}, "unknown component"),
     ([[0, 1]], {"kv": [(1, 1.3)]}, r"thresholds\['kv'\]\[0\].ratio=1.3"),
     ([[0, "a"]], {}, r"tiers\[0\]\[1\]='a' is not a number"),
 ])

@@ -213,32 +213,26 @@ class Schedule:
     def from_tiers(
         cls,
         tiers: Sequence[Sequence[float]] | Mapping[str, Sequence[Sequence[float]]],
-        thresholds: Mapping[str, Sequence[Any]],
+        thresholds: Mapping[str, Any],
         *, name: str | None = None, meta: Mapping[str, Any] | None = None,
     ) -> Schedule:
-        """Build from a redundancy-tier table and per-component threshold rules.
+        """Build from redundancy tiers and per-component thresholds: the paper's form.
 
-        This is the paper's form: a per-(step, layer) redundancy level, and for each
-        component a list of "tier >= threshold -> ratio" rules.
+        ``tiers`` is a table ``[block][step]`` of numbers (int tiers or float scores), in the
+        reference implementation's orientation (its ``schedule[feature][block, step]``),
+        shared by both components, or a mapping with one table per component (``"q"``, and
+        ``"kv"`` or the reference's ``"v"``; same shape).
 
-        ``tiers`` is a table ``[step][layer]`` of numbers (int tiers or float scores),
-        shared by both components, or a mapping ``{"q": table, "kv": table}`` with one
-        table per component (same shape).
-
-        ``thresholds`` maps a component (``"q"``, ``"kv"``; either may be left out, which
-        leaves it at 0) to a list of rules, each a pair ``(min_tier, ratio)`` or a mapping
-        ``{"min_tier": t, "ratio": r}``, or one mapping ``{min_tier: ratio, ...}`` (the
-        reference implementation's YAML form, e.g. ``{"kv": {8: 0.3}}``). A cell gets the ratio of the *largest* ``min_tier``
-        its tier reaches, and 0 if it reaches none. Example (paper-like)::
+        ``thresholds`` maps a component to rules "tier >= min_tier -> ratio": the reference's
+        YAML form ``{min_tier: ratio, ...}`` (e.g. ``{"q": {6: 0.4, 7: 0.8}, "v": {8: 0.3}}``;
+        JSON string keys are read as numbers), or a list of ``(min_tier, ratio)`` pairs or
+        ``{"min_tier": t, "ratio": r}`` mappings. As in the reference, a cell gets the largest
+        ratio among the rules its tier satisfies, 0 if none; a component left out stays 0::
 
             Schedule.from_tiers(tiers, {"kv": [(2, 0.3)], "q": [(3, 0.5), (4, 0.8)]})
-
-        gives K/V 0.3 wherever the tier is at least 2, Q 0.5 at tier 3 and 0.8 from 4 up.
         """
         if isinstance(tiers, Mapping):
-            unknown = sorted(set(tiers) - set(COMPONENTS))
-            if unknown:
-                raise _fail(f"tiers has unknown component(s) {unknown}: components are 'q' and 'kv'")
+            tiers = {_component(c, "tiers"): table for c, table in tiers.items()}
             missing = [c for c in COMPONENTS if c not in tiers]
             if missing:
                 raise _fail(f"tiers is missing component(s) {missing}: give both 'q' and 'kv' tables")
@@ -246,27 +240,21 @@ class Schedule:
         else:
             shared = _tier_table("tiers", tiers)
             tables = {c: shared for c in COMPONENTS}
-        num_steps = len(tables["q"])
-        num_layers = len(tables["q"][0])
+        num_layers, num_steps = len(tables["q"]), len(tables["q"][0])
         for c in COMPONENTS:
-            if len(tables[c]) != num_steps or len(tables[c][0]) != num_layers:
+            if len(tables[c]) != num_layers or len(tables[c][0]) != num_steps:
                 raise _fail(
                     f"tiers[{c!r}] has shape {len(tables[c])}x{len(tables[c][0])} but "
-                    f"tiers['q'] has {num_steps}x{num_layers}: both tables need the same shape"
+                    f"tiers['q'] has {num_layers}x{num_steps}: both tables need the same shape"
                 )
         if not isinstance(thresholds, Mapping):
-            raise _fail("thresholds must be a mapping {'q': [...], 'kv': [...]}")
-        unknown = sorted(set(thresholds) - set(COMPONENTS))
-        if unknown:
-            raise _fail(
-                f"thresholds has unknown component(s) {unknown}: components are 'q' and 'kv'"
-            )
-        out: dict[str, list[list[float]]] = {}
+            raise _fail("thresholds must be a mapping {'q': ..., 'kv': ...}")
+        rules = {_component(c, "thresholds"): r for c, r in thresholds.items()}
+        out = {}
         for c in COMPONENTS:
-            rules = _threshold_rules(c, thresholds.get(c, ()))
-            out[c] = [
-                [_tier_ratio(t, rules) for t in row] for row in tables[c]
-            ]
+            comp_rules = _threshold_rules(c, rules.get(c, ()))
+            out[c] = [[_tier_ratio(tables[c][layer][step], comp_rules) for layer in range(num_layers)]
+                      for step in range(num_steps)]
         return cls(num_layers, num_steps, out["q"], out["kv"], name=name, meta=meta or {})
 
     # ---------------------------------------------------------------------- queries
@@ -293,10 +281,6 @@ class Schedule:
         for s in range(self.num_steps):
             seen.setdefault(tuple(zip(self.q[s], self.kv[s], strict=True)), None)
         return tuple(seen)
-
-    def phase_index(self, step: int, num_steps: int | None = None) -> int:
-        """Index into :meth:`distinct_phases` of the vector used at ``step``."""
-        return self.distinct_phases().index(self.ratios_at(step, num_steps))
 
     @property
     def is_identity(self) -> bool:
@@ -443,18 +427,18 @@ def _range(where: str, spec: Any, count: int) -> range:
 
 def _tier_table(where: str, table: Any) -> list[list[float]]:
     if isinstance(table, (str, bytes)) or not isinstance(table, Iterable):
-        raise _fail(f"{where} must be a table [step][layer] of numbers")
+        raise _fail(f"{where} must be a table [block][step] of numbers")
     rows = [list(r) if isinstance(r, Iterable) and not isinstance(r, (str, bytes)) else None
             for r in table]
     if not rows:
-        raise _fail(f"{where} is empty: give at least one step row")
+        raise _fail(f"{where} is empty: give at least one block row")
     for s, row in enumerate(rows):
         if row is None:
-            raise _fail(f"{where}[{s}] must be a list of numbers (one per layer)")
+            raise _fail(f"{where}[{s}] must be a list of numbers (one per step)")
         if len(row) != len(rows[0]) or not row:
             raise _fail(
                 f"{where}[{s}] has {len(row)} entries but {where}[0] has {len(rows[0])}: "
-                "every step row needs one tier per layer"
+                "every block row needs one tier per step"
             )
         for i, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
@@ -489,13 +473,18 @@ def _threshold_rules(comp: str, rules: Any) -> list[tuple[float, float]]:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t):
             raise _fail(f"{where}.min_tier={t!r} is not a number")
         out.append((float(t), check_ratio(f"{where}.ratio", r)))
-    # Largest threshold first: the first one a tier reaches is the one that applies.
-    out.sort(key=lambda tr: -tr[0])
     return out
 
 
 def _tier_ratio(tier: float, rules: list[tuple[float, float]]) -> float:
-    for t, r in rules:
-        if tier >= t:
-            return r
-    return 0.0
+    """The largest ratio among the rules whose ``min_tier`` the tier reaches (the reference's)."""
+    return max((r for t, r in rules if tier >= t), default=0.0)
+
+
+def _component(name: Any, where: str) -> str:
+    """``"q"`` or ``"kv"`` (the reference calls K/V ``"v"``)."""
+    if name == "v":
+        return "kv"
+    if name not in COMPONENTS:
+        raise _fail(f"{where} has unknown component {name!r}: components are 'q' and 'kv' (or 'v')")
+    return name

@@ -140,34 +140,63 @@ def run_method(
     return {"clips": torch.stack(clips), "seconds": seconds, "first_run_seconds": first}
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the demo; returns the process exit code."""
+def _check_prompts(args: argparse.Namespace) -> tuple[list[str], list[int]] | str:
+    """The prompts and one seed each, or what is wrong with them."""
+    from .data import parse_prompt
+
+    prompts = list(args.prompts)
+    seeds = list(args.seeds) if args.seeds else list(range(len(prompts)))
+    if len(seeds) != len(prompts):
+        return f"{len(prompts)} prompts but {len(seeds)} seeds"
+    try:
+        for prompt in prompts:
+            parse_prompt(prompt)
+    except ValueError as exc:
+        return str(exc)
+    return prompts, seeds
+
+
+def _report(prompts: Sequence[str], seeds: Sequence[int], base: dict, asym: dict,
+            saved: float, inner: str) -> tuple[list[float], list[float]]:
+    """Print the per-clip table (time, speedup, FLOPs saved, PSNR, SSIM); return PSNR, SSIM."""
     from tabulate import tabulate
 
+    from .metrics import psnr, ssim
+
+    p = psnr(asym["clips"], base["clips"]).tolist()
+    s = ssim(asym["clips"], base["clips"]).tolist()
+    rows = []
+    for i, prompt in enumerate(prompts):
+        tb, ta = base["seconds"][i], asym["seconds"][i]
+        rows.append([prompt, seeds[i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
+                     f"{saved:.1f}%", f"{p[i]:.2f}", f"{s[i]:.4f}"])
+    tb, ta = sum(base["seconds"]), sum(asym["seconds"])
+    rows.append(["all", "", f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x", f"{saved:.1f}%",
+                 f"{sum(p) / len(p):.2f}", f"{sum(s) / len(s):.4f}"])
+    headers = ["prompt", "seed", f"{inner} s", "asymrnr s", "speedup", "attn FLOPs saved",
+               "PSNR dB", "SSIM"]
+    print()
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    return p, s
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo; returns the process exit code."""
     import asymrnr_fx
 
-    from .data import TEXT_TOKENS, parse_prompt
-    from .metrics import attention_cost, psnr, ssim
+    from .data import TEXT_TOKENS
+    from .metrics import attention_cost
     from .sampling import clip_geometry, load_small_model, save_gif, token_grid
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = list(args.prompts)
-    seeds = list(args.seeds) if args.seeds else list(range(len(prompts)))
-    if len(seeds) != len(prompts):
-        print(f"error: {len(prompts)} prompts but {len(seeds)} seeds", file=sys.stderr)
+    checked = _check_prompts(args)
+    if isinstance(checked, str):
+        print(f"error: {checked}", file=sys.stderr)
         return 2
-    try:
-        for p in prompts:
-            parse_prompt(p)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+    prompts, seeds = checked
     model = load_small_model(args.weights)
-    geometry = clip_geometry(model)
-    num_layers = model.config.num_layers
-    grid = token_grid(model)
+    geometry, grid, num_layers = clip_geometry(model), token_grid(model), model.config.num_layers
     config = _config_from_args(args, num_layers)
     cost = attention_cost(config, num_layers=num_layers, num_steps=args.steps, grid=grid,
                           text_tokens=TEXT_TOKENS)
@@ -181,26 +210,11 @@ def main(args: argparse.Namespace) -> int:
     base = run_method(args.inner, torch.compile(model, backend=args.inner), prompts, seeds,
                       args.steps, geometry)
     torch._dynamo.reset()
-    asym_backend = asymrnr_fx.backend(config, inner=args.inner)
-    asym = run_method("asymrnr", torch.compile(model, backend=asym_backend), prompts, seeds,
-                      args.steps, geometry, before_each=asym_backend.state.reset)
-    stats = dict(asym_backend.state.stats)
-
-    p = psnr(asym["clips"], base["clips"]).tolist()
-    s = ssim(asym["clips"], base["clips"]).tolist()
-    saved = 100 * (1 - cost)
-    rows = []
-    for i, prompt in enumerate(prompts):
-        tb, ta = base["seconds"][i], asym["seconds"][i]
-        rows.append([prompt, seeds[i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
-                     f"{saved:.1f}%", f"{p[i]:.2f}", f"{s[i]:.4f}"])
-    tb, ta = sum(base["seconds"]), sum(asym["seconds"])
-    rows.append(["all", "", f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x", f"{saved:.1f}%",
-                 f"{sum(p) / len(p):.2f}", f"{sum(s) / len(s):.4f}"])
-    headers = ["prompt", "seed", f"{args.inner} s", "asymrnr s", "speedup", "attn FLOPs saved",
-               "PSNR dB", "SSIM"]
-    print()
-    print(tabulate(rows, headers=headers, tablefmt="github"))
+    compiler = asymrnr_fx.backend(config, inner=args.inner)
+    asym = run_method("asymrnr", torch.compile(model, backend=compiler), prompts, seeds,
+                      args.steps, geometry, before_each=compiler.state.reset)
+    stats = dict(compiler.state.stats)
+    p, s = _report(prompts, seeds, base, asym, 100 * (1 - cost), args.inner)
     print(f"\nfirst run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
           f"asymrnr {asym['first_run_seconds']:.1f} s; asymrnr stats: {stats}")
 

@@ -29,7 +29,6 @@ __all__ = [
     "generate",
     "to_uint8",
     "save_gif",
-    "save_strip",
 ]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shapes-cogvideox"
@@ -164,24 +163,4 @@ def save_gif(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return path
-
-
-def save_strip(clips: Sequence[torch.Tensor], path: str | Path, *, scale: int = 3, gap: int = 2) -> Path:
-    """Write a PNG: one row per clip, its frames left to right; returns the path."""
-    from PIL import Image
-
-    rows = []
-    for clip in clips:
-        frames = to_uint8(clip).repeat(scale, axis=1).repeat(scale, axis=2)
-        f, h, w, c = frames.shape
-        row = np.full((h, f * (w + gap) - gap, c), 255, dtype=np.uint8)
-        for i in range(f):
-            row[:, i * (w + gap) : i * (w + gap) + w] = frames[i]
-        rows.append(row)
-    sep = np.full((gap, rows[0].shape[1], rows[0].shape[2]), 255, dtype=np.uint8)
-    image = np.concatenate([part for row in rows for part in (row, sep)][:-1])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
     return path

@@ -90,6 +90,45 @@ def heldout_loss(model: torch.nn.Module, frames: int = FRAMES) -> float:
     return float(torch.stack(losses).mean())
 
 
+def _optimizer(model: torch.nn.Module, lr: float, warmup: int, steps: int):  # noqa: ANN202
+    """AdamW with a linear warm-up, then a cosine decay to half the rate."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 + 0.5 * math.cos(math.pi * min(1.0, s / steps)))
+    )
+    return opt, sched
+
+
+def _train_step(model: torch.nn.Module, ema: torch.nn.Module, opt, sched, gen: torch.Generator,  # noqa: ANN001
+                seeds: list[int], *, frames: int, cond_dropout: float, decay: float) -> float:
+    """One optimizer step on the clips of ``seeds``, then the EMA update; returns the loss."""
+    x0, conds = make_batch(seeds, frames=frames, size=SIZE)
+    drop = torch.rand(len(seeds), generator=gen) < cond_dropout
+    text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
+    noise = torch.randn(x0.shape, generator=gen)
+    loss = flow_loss(model, x0, text, noise, _sample_sigmas(len(seeds), gen))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - decay)
+    return float(loss.detach())
+
+
+def _save_checkpoint(out: Path, model: torch.nn.Module, ema: torch.nn.Module, frames: int) -> dict:
+    """Both the EMA (the checkpoint proper) and the raw weights (under raw/), each with its
+    held-out loss, so a run can be judged and continued from either."""
+    ema.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out / "raw", safe_serialization=True)
+    model.eval()
+    losses = {"ema": heldout_loss(ema, frames), "raw": heldout_loss(model, frames)}
+    model.train()
+    return losses
+
+
 def train(
     out: Path,
     *,
@@ -117,10 +156,7 @@ def train(
 
         model.load_state_dict(load_file(str(Path(init) / "diffusion_pytorch_model.safetensors")))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 + 0.5 * math.cos(math.pi * min(1.0, s / steps)))
-    )
+    opt, sched = _optimizer(model, lr, warmup, steps)
     gen = torch.Generator().manual_seed(seed)
     log = (out / "loss.csv").open("w")
     log.write("step,loss,lr,seconds\n")
@@ -129,13 +165,7 @@ def train(
     summary: dict = {}
 
     def save(step: int) -> None:
-        # Both the EMA (the checkpoint proper) and the raw weights (under raw/), each with
-        # its held-out loss, so a run can be judged and continued from either.
-        ema.save_pretrained(out, safe_serialization=True)
-        model.save_pretrained(out / "raw", safe_serialization=True)
-        model.eval()
-        losses = {"ema": heldout_loss(ema, frames), "raw": heldout_loss(model, frames)}
-        model.train()
+        losses = _save_checkpoint(out, model, ema, frames)
         tqdm.write(f"step {step}: held-out loss ema {losses['ema']:.4f}, raw {losses['raw']:.4f}", file=sys.stdout)
         summary.update(
             steps=step, final_loss_ema100=round(float(smooth), 5),
@@ -150,21 +180,9 @@ def train(
     for step in bar:
         # Clip seeds never repeat within a run: every step sees fresh clips.
         seeds = [seed * 10_000_000 + seed_offset + step * batch + i for i in range(batch)]
-        x0, conds = make_batch(seeds, frames=frames, size=SIZE)
-        drop = torch.rand(batch, generator=gen) < cond_dropout
-        text = encode_condition([None if d else c for d, c in zip(drop.tolist(), conds, strict=True)])
-        noise = torch.randn(x0.shape, generator=gen)
-        loss = flow_loss(model, x0, text, noise, _sample_sigmas(batch, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))  # warm EMA: early weights fade fast
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        value = float(loss.detach())
+        decay = min(ema_decay, (1 + step) / (10 + step))  # warm EMA: early weights fade fast
+        value = _train_step(model, ema, opt, sched, gen, seeds, frames=frames,
+                            cond_dropout=cond_dropout, decay=decay)
         smooth = value if smooth is None else 0.99 * smooth + 0.01 * value
         log.write(f"{step},{value:.5f},{sched.get_last_lr()[0]:.3e},{time.time() - start:.1f}\n")
         log.flush()
