@@ -87,13 +87,28 @@ def _is_linear(node: fx.Node) -> bool:
     return False
 
 
-def _projection_sources(node: fx.Node, max_depth: int = 30) -> set[fx.Node]:
-    """The inputs of the linear projections that ``node`` is computed from.
+_PER_TOKEN = {F.dropout, torch.dropout, torch.nn.functional.dropout}
+
+
+def _token_source(node: object) -> object:
+    """The tokens a projection reads, through the per-token layers in front of it: a LoRA
+    adapter's branch is ``lora_B(lora_A(dropout(x)))``, which reads the same ``x`` as the
+    base projection. Linear layers and dropout never mix positions, so skipping them keeps
+    the token correspondence that self-attention needs."""
+    while isinstance(node, fx.Node) and node.args and (_is_linear(node) or (
+            node.op == "call_function" and node.target in _PER_TOKEN)):
+        node = node.args[0]
+    return node
+
+
+def _projection_sources(node: fx.Node, max_depth: int = 30) -> set[object]:
+    """The tokens the linear projections that ``node`` is computed from read.
 
     A backward walk that stops at linear layers: query and key of self-attention are
     projections of the same tokens; cross-attention projects different ones.
     """
-    return {n.args[0] for n in ancestors(node, max_depth, stop=_is_linear) if n is not node and _is_linear(n)}
+    return {_token_source(n.args[0]) for n in ancestors(node, max_depth, stop=_is_linear)
+            if n is not node and _is_linear(n)}
 
 
 def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSite:  # noqa: ANN001
