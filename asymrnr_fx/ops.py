@@ -156,7 +156,7 @@ def match(
     part: Partition,
     num_keep: int,
     metric: str = "l2",
-    kernel: str = "auto",
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Similarity matching of AsymRnR on ``x`` (B, H, N, D), per batch item and head.
 
@@ -165,7 +165,7 @@ def match(
     """
     from .kernels.nearest import nearest_dst
 
-    dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric, kernel)
+    dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric, path)
     order = torch.argsort(dist, dim=-1, stable=True)
     return _indices_from_order(order, nearest, part, num_keep)
 
@@ -351,7 +351,7 @@ def select_tokens(
     slot: int,
     video_start: int,
     metric: str,
-    kernel: str = "auto",
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keep, restore)`` for the video tokens of ``x`` (B, H, S, D): matched afresh, or the
     cached ones passed in.
@@ -370,9 +370,9 @@ def select_tokens(
         index = torch.arange(video_len, device=keep.device).expand(restore.shape)
         return index.contiguous(), index.contiguous()
     video = x[:, :, video_start:video_start + video_len]
-    return match(video, Partition(dst_idx, src_idx), num_keep, metric, kernel)
+    return match(video, Partition(dst_idx, src_idx), num_keep, metric, path)
 
 
 @select_tokens.register_fake
-def _(x, dst_idx, src_idx, keep, restore, refresh, slot, video_start, metric, kernel="auto"):  # noqa: ANN001, ANN202
+def _(x, dst_idx, src_idx, keep, restore, refresh, slot, video_start, metric, path="auto"):  # noqa: ANN001, ANN202
     return torch.empty_like(keep), torch.empty_like(restore)

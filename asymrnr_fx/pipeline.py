@@ -17,6 +17,7 @@ The pipeline's scheduler tells every state the generation and its step count
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,9 @@ from .dynamo_backend import AsymRnRBackend
 from .models import latent_grid
 from .state import AsymRnRState
 
-__all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook"]
+__all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook", "compile_blind_hooks"]
+
+logger = logging.getLogger("asymrnr_fx")
 
 HOOK_NAME = "asymrnr"
 TRANSFORMER_NAMES = ("transformer", "transformer_2")
@@ -104,6 +107,20 @@ class AsymRnRHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module  # generations follow the scheduler, not hook resets
+
+
+def compile_blind_hooks(transformer: torch.nn.Module) -> list[str]:
+    """Diffusers hooks under ``transformer`` whose forward is excluded from torch.compile
+    (``torch.compiler.disable``): the modules they wrap run eagerly, so neither Inductor nor
+    AsymRnR reaches the attention inside (diffusers' MagCache does this to its blocks)."""
+    found = []
+    for name, module in transformer.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name, hook in (registry.hooks.items() if registry is not None else ()):
+            forward = getattr(type(hook), "new_forward", None)
+            if getattr(forward, "_torchdynamo_disable", False):
+                found.append(f"{hook_name} on {name or type(transformer).__name__}")
+    return found
 
 
 def _hook(transformer: torch.nn.Module) -> AsymRnRHook | None:
@@ -196,6 +213,13 @@ def apply(
         config = config.replace(**fields)
     states = []
     for transformer in transformers:
+        blind = compile_blind_hooks(transformer)
+        if blind:
+            logger.warning(
+                "asymrnr: %s: %s run outside torch.compile (torch.compiler.disable), so AsymRnR "
+                "cannot reduce the attention inside; remove that cache or use one that compiles "
+                "(e.g. FirstBlockCache)", type(transformer).__name__,
+                ", ".join(blind[:3]) + (" ..." if len(blind) > 3 else ""))
         compiler = AsymRnRBackend(config, inner)
         compiler.state.hooked = True
         compile_kwargs: dict[str, Any] = {"backend": compiler, "dynamic": False}

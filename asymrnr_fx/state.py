@@ -251,6 +251,12 @@ class AsymRnRState:
         self._forward_open = False
         if self.ratios.sites_per_forward is None and self.site_cursor:
             self.ratios.set_sites_per_forward(self.site_cursor)
+        if self.stats["forwards"] == 1 and not self.site_cursor and not self.sites_left_alone:
+            self.log_once(
+                "asymrnr: no attention call of this forward reached a graph the backend compiled, "
+                "so AsymRnR does nothing: something runs the attention outside torch.compile (a "
+                "hook decorated with torch.compiler.disable, such as diffusers' MagCache, or a "
+                "graph break Dynamo skips)", logging.WARNING)
 
     def on_graph_call(self, tick_kind: str | None, tick_input: Any) -> None:
         """A compiled graph is called; the fallback's tick source starts a forward."""

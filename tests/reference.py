@@ -6,6 +6,8 @@ reduces, attends and restores exactly as the paper describes.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 
@@ -50,14 +52,18 @@ def _reduce(x: torch.Tensor, kept: list[int], representative: dict[int, int], me
 
 
 def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, kv_partition,
-                        q_keep, kv_keep, metric="l2", merge="drop", match_on="v"):
+                        q_keep, kv_keep, metric="l2", merge="drop", match_on="v", scale=None,
+                        matches=None):
     """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole.
 
     ``q_partition`` and ``kv_partition`` are ``(dst, src)`` token lists: Q and K/V are
-    partitioned separately.
+    partitioned separately. ``matches`` maps ``(component, b, h)`` to ``(kept, representative)``:
+    entries present are reused (a matching cache hit), missing ones are computed and stored.
     """
+    matches = {} if matches is None else matches
     q, k, v = q.double(), k.double(), v.double()
     batch, heads, seq, dim = q.shape
+    scale = dim ** -0.5 if scale is None else scale
     out = torch.empty_like(q)
     text = [t for t in range(seq) if not video_start <= t < video_start + video_len]
     for b in range(batch):
@@ -65,7 +71,9 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
             vid = slice(video_start, video_start + video_len)
             if kv_keep is not None:
                 source = (v if match_on == "v" else k)[b, h, vid]
-                kv_kept, kv_rep = reference_match(source, *kv_partition, kv_keep, metric)
+                if ("kv", b, h) not in matches:
+                    matches[("kv", b, h)] = reference_match(source, *kv_partition, kv_keep, metric)
+                kv_kept, kv_rep = matches[("kv", b, h)]
                 k_video = _reduce(k[b, h, vid], kv_kept, kv_rep, merge)
                 v_video = _reduce(v[b, h, vid], kv_kept, kv_rep, merge)
                 k_cols = [t for t in text] + [video_start + t for t in kv_kept]
@@ -76,7 +84,9 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
             keys = torch.cat([k_text, k_video])
             values = torch.cat([v_text, v_video])
             if q_keep is not None:
-                q_kept, q_rep = reference_match(q[b, h, vid], *q_partition, q_keep, metric)
+                if ("q", b, h) not in matches:
+                    matches[("q", b, h)] = reference_match(q[b, h, vid], *q_partition, q_keep, metric)
+                q_kept, q_rep = matches[("q", b, h)]
                 q_video = _reduce(q[b, h, vid], q_kept, q_rep, merge)
             else:
                 q_kept = list(range(video_len))
@@ -84,7 +94,7 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
                 q_video = q[b, h, vid]
             queries = torch.cat([q[b, h, text], q_video])
             q_rows = text + [video_start + t for t in q_kept]
-            scores = queries @ keys.T / dim ** 0.5
+            scores = queries @ keys.T * scale
             if mask is not None:
                 m = mask.expand(batch, heads, seq, seq)[b, h][q_rows][:, k_cols]
                 scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.double()
@@ -117,3 +127,16 @@ def reference_partition(grid, stride, seed):
     dst = sorted(dst)
     chosen = set(dst)
     return dst, [i for i in range(t * h * w) if i not in chosen]
+
+
+def reference_site_seed(seed, site, component, window):
+    """The documented seed of the dst draw of one (site, component, refresh window): the first
+    8 bytes of blake2b("asymrnr/{seed}/{site}/{component}/{window}"), little endian, >> 1."""
+    text = f"asymrnr/{seed}/{site}/{component}/{window}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def reference_kept(num_tokens, ratio, num_dst):
+    """Tokens kept at ``ratio``: int(N * (1 - r)), never fewer than the dst tokens, at most N."""
+    return min(num_tokens, max(int(num_tokens * (1.0 - ratio)), num_dst))
+

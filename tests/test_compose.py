@@ -31,3 +31,27 @@ def test_lora_adapters_do_not_change_which_sites_are_rewritten(fused: bool) -> N
     rewritten, left_alone, out = _rewritten(tiny.model, tiny.inputs)
     assert (rewritten, left_alone) == expected == (2, ["cross-attention (query length 64, key length 8)"] * 2)
     assert torch.isfinite(out).all()
+
+
+from . import compose_matrix  # noqa: E402
+
+COMBINATIONS = {c.name: c for c in compose_matrix.combinations()}
+
+
+@pytest.mark.parametrize("name", list(COMBINATIONS))
+def test_composition(name: str) -> None:
+    combination = COMBINATIONS[name]
+    row = compose_matrix.run(combination)
+    if "skipped" in row:
+        pytest.skip(row["skipped"])
+    assert row["runs"]
+    assert row["steps_right"], row["steps_told"]
+    assert row["relative_error_vs_reference"] < 1e-4
+    if combination.expect_rewritten:
+        assert row["sites_rewritten"] > 0 and row["reference_calls"] > 0
+        # AsymRnR adds no recompiles of its own: at most its one nested graph (Inductor).
+        assert row["graphs"] <= row["graphs_plain_backend"] + (combination.apply_kwargs.get("inner") == "inductor")
+    else:  # it cannot work here: said at setup and after the first forward, never silent
+        assert row["sites_rewritten"] == 0
+        assert any("outside torch.compile" in w for w in row["warnings"])
+        assert any("no attention call" in w for w in row["warnings"])
