@@ -87,8 +87,10 @@ def combinations() -> list[Combination]:
         Combination("FirstBlockCache (threshold 0.2)",
                     _cache(lambda c: FirstBlockCacheConfig(threshold=0.2)),
                     note="skipped blocks skip their sites; the next refresh re-matches them"),
-        Combination("TaylorSeer (interval 3)",
-                    _cache(lambda c: TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=2))),
+        Combination("TaylorSeer (interval 3, whole blocks)",
+                    # Its default patterns match no module of Wan (attn1/attn2): name the blocks.
+                    _cache(lambda c: TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=2,
+                                                           cache_identifiers=[r"blocks\.\d+"]))),
         Combination("PyramidAttentionBroadcast (spatial, skip 2)",
                     _cache(lambda c: PyramidAttentionBroadcastConfig(
                         spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),

@@ -11,7 +11,8 @@ denoising steps from ``timestep``) can be passed in place of the eager one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def generate(
     geometry: tuple[int, int, int, int] | None = None,
     progress: bool = False,
     desc: str = "sample",
+    on_step: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
     """Sample one clip per (condition, seed) pair, all in one batch.
 
@@ -95,6 +97,9 @@ def generate(
         geometry: ``(frames, channels, height, width)``; read from the model config when
             None (pass it when ``model`` is a compiled wrapper without ``config``).
         progress: show a tqdm bar over the steps.
+        on_step: called with (step index, timestep) before each model call (a cache hook's
+            timestep callback reads it). Each call runs inside the model's diffusers
+            ``cache_context`` when it has one, as diffusers pipelines do.
 
     Returns:
         ``(B, frames, channels, height, width)`` float32 clips clamped to ``[-1, 1]``.
@@ -114,10 +119,15 @@ def generate(
     if cfg:  # CFG in one batch: [conditional; unconditional]
         text = torch.cat([text, encode_condition([None] * len(conds))])
     scheduler = make_scheduler(steps, shift)
-    for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
+    context = getattr(model, "cache_context", None)
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False)):
+        if on_step is not None:
+            on_step(i, float(t))
         model_in = torch.cat([latents, latents]) if cfg else latents
         timestep = t.to(torch.float32).expand(model_in.shape[0])
-        x0 = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep, return_dict=False)[0]
+        with context("cond_uncond") if context is not None else contextlib.nullcontext():
+            x0 = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep,
+                       return_dict=False)[0]
         if cfg:
             cond_x0, uncond_x0 = x0.chunk(2)
             x0 = uncond_x0 + guidance_scale * (cond_x0 - uncond_x0)
