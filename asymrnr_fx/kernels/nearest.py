@@ -182,8 +182,11 @@ def _choose(kernel: str) -> str:
 
 
 @torch.library.custom_op("asymrnr::nearest_dst", mutates_args=())
-def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
-    choice = _choose(kernel)
+def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2",
+                    match_kernel: str = "auto") -> tuple[Tensor, Tensor]:
+    # Not named `kernel`: Inductor's fallback lowering would pass it by name to
+    # FallbackKernel.create(kernel, ...) ("multiple values for argument 'kernel'").
+    choice = _choose(match_kernel)
     if choice == "triton":
         return _run_triton(src, dst, metric)  # forced: a failure is the user's to see
     if choice == "auto" and _triton_can_run(src) and kernel_health.check(src, dst, metric):
@@ -195,7 +198,7 @@ def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = 
 
 
 @_nearest_dst_op.register_fake
-def _(src: Tensor, dst: Tensor, metric: str = "l2", kernel: str = "auto") -> tuple[Tensor, Tensor]:
+def _(src: Tensor, dst: Tensor, metric: str = "l2", match_kernel: str = "auto") -> tuple[Tensor, Tensor]:
     check_inputs(src, dst, metric)
     out_shape = (*src.shape[:-1],)
     return (
