@@ -12,6 +12,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import asymrnr_fx
+from asymrnr_fx.dynamo_backend import build_runner
 from asymrnr_fx.passes.grid import SequenceLayout
 from asymrnr_fx.passes.parallel import Exchange, ring_attention, ulysses_exchange
 from asymrnr_fx.passes.sites import classify_sites
@@ -136,3 +137,10 @@ def test_interleaved_sequence_is_reduced_as_the_canonical_one(side: str, merge: 
     assert (expected - plain).abs().max() > 1e-3  # AsymRnR acted
     torch.testing.assert_close(out[:, :, order], expected, rtol=1e-5, atol=1e-6)
 
+
+def test_the_backend_refuses_ring_attention_at_compile_time() -> None:
+    graph, _ = _ulysses_graph(collective="all_gather")
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    state = AsymRnRState(asymrnr_fx.AsymRnRConfig())
+    with pytest.raises(ValueError, match="does not support ring attention"):
+        build_runner(gm, [], state, InnerCompiler("eager", {}))
