@@ -12,13 +12,15 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import asymrnr_fx
+from asymrnr_fx import passes  # through the package: one import order, checked out or installed
 from asymrnr_fx.dynamo_backend import build_runner
-from asymrnr_fx.passes.grid import SequenceLayout
-from asymrnr_fx.passes.parallel import Exchange, ring_attention, ulysses_exchange
-from asymrnr_fx.passes.sites import classify_sites
 from asymrnr_fx.runner import GraphRunner, InnerCompiler
 from asymrnr_fx.state import AsymRnRState
 
+SequenceLayout = passes.grid.SequenceLayout
+Exchange = passes.parallel.Exchange
+ring_attention, ulysses_exchange = passes.parallel.ring_attention, passes.parallel.ulysses_exchange
+classify_sites = passes.sites.classify_sites
 C10D = torch.ops._c10d_functional
 
 
