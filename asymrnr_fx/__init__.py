@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from .config import AsymRnRConfig
+from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend, asymrnr_backend, backend
 from .ops import site_partition
 from .pipeline import StepCallback, apply, remove, states_of
@@ -19,7 +20,7 @@ from .state import AsymRnRState
 
 __all__ = [
     "backend", "AsymRnRBackend", "AsymRnRConfig", "AsymRnRState", "Schedule", "StepCallback",
-    "apply", "remove", "states_of", "reset", "site_partition",
+    "apply", "remove", "states_of", "reset", "site_partition", "enable_context_parallel",
 ]
 __version__ = "0.1.0"
 

@@ -20,7 +20,9 @@ from typing import Any
 import torch.fx as fx
 
 from .config import AsymRnRConfig
+from .context_parallel import RING_REFUSAL
 from .passes.grid import infer_grid
+from .passes.parallel import ring_attention
 from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites
 from .runner import GraphRunner, InnerCompiler
 from .state import AsymRnRState
@@ -94,7 +96,14 @@ def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRSta
 
 def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymRnRState,
                  compiler: InnerCompiler) -> Callable[..., Any]:
-    """The callable that replaces ``gm``: plain compile when nothing is to be rewritten."""
+    """The callable that replaces ``gm``: plain compile when nothing is to be rewritten.
+
+    Ring attention (context parallelism with ``ring_degree`` > 1) is refused here, at compile
+    time: see :mod:`asymrnr_fx.context_parallel`.
+    """
+    ring = ring_attention(gm.graph)
+    if ring is not None:
+        raise ValueError(f"{RING_REFUSAL} (Found in the graph: {ring}.)")
     config = state.config
     state.add_grid_evidence(infer_grid(gm.graph))
     sites = classify_sites(gm.graph, config.grid, config.text_tokens, config.text_side,

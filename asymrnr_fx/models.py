@@ -4,7 +4,8 @@ A new model family is one :class:`ModelFamily` entry in :data:`FAMILIES`: which 
 classes it covers, where the text sits in its joint self-attention, how its latent is laid
 out and patched, and which schedule preset (with the reference's stride and cache interval)
 fits it. ``apply(pipe)`` reads it to give the pass the latent grid, the CLI and calibration to
-find the text and the grid.
+find the text and the grid, and :func:`asymrnr_fx.enable_context_parallel` to find the
+context-parallel plan shipped for a family whose diffusers class has none.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class ModelFamily:
         from .schedules.presets import PRESETS
 
         return PRESETS[self.preset].stride if self.preset else (2, 2, 2)
+
+    @property
+    def context_parallel(self) -> Any:
+        """The context-parallel plan this package ships for the family
+        (:class:`asymrnr_fx.cp_plans.ShippedPlan`), or None (diffusers' own, or none)."""
+        from .cp_plans import SHIPPED_PLANS
+
+        return SHIPPED_PLANS.get(self.name)
 
 
 FAMILIES: tuple[ModelFamily, ...] = (

@@ -156,7 +156,7 @@ def match(
     part: Partition,
     num_keep: int,
     metric: str = "l2",
-    path: str = "auto",
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Similarity matching of AsymRnR on ``x`` (B, H, N, D), per batch item and head.
 
@@ -165,7 +165,7 @@ def match(
     """
     from .kernels.nearest import nearest_dst
 
-    dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric, path)
+    dist, nearest = nearest_dst(x[:, :, part.src_idx], x[:, :, part.dst_idx], metric, kernel)
     order = torch.argsort(dist, dim=-1, stable=True)
     return _indices_from_order(order, nearest, part, num_keep)
 
@@ -339,7 +339,9 @@ def reduced_sdpa(
 
 
 # cudagraph_unsafe: what it does depends on a flag read at run time, so a captured CUDA graph
-# would replay one branch forever; Inductor keeps it out of CUDA graphs.
+# would replay one branch forever; Inductor keeps it out of CUDA graphs. No argument may be
+# named `kernel`: Inductor's fallback lowering passes defaulted arguments by name to
+# FallbackKernel.create(kernel, ...), which then fails with "multiple values for 'kernel'".
 @torch.library.custom_op("asymrnr::select_tokens", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
 def select_tokens(
     x: torch.Tensor,
@@ -351,7 +353,7 @@ def select_tokens(
     slot: int,
     video_start: int,
     metric: str,
-    path: str = "auto",
+    match_kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keep, restore)`` for the video tokens of ``x`` (B, H, S, D): matched afresh, or the
     cached ones passed in.
@@ -370,9 +372,9 @@ def select_tokens(
         index = torch.arange(video_len, device=keep.device).expand(restore.shape)
         return index.contiguous(), index.contiguous()
     video = x[:, :, video_start:video_start + video_len]
-    return match(video, Partition(dst_idx, src_idx), num_keep, metric, path)
+    return match(video, Partition(dst_idx, src_idx), num_keep, metric, match_kernel)
 
 
 @select_tokens.register_fake
-def _(x, dst_idx, src_idx, keep, restore, refresh, slot, video_start, metric, path="auto"):  # noqa: ANN001, ANN202
+def _(x, dst_idx, src_idx, keep, restore, refresh, slot, video_start, metric, match_kernel="auto"):  # noqa: ANN001, ANN202
     return torch.empty_like(keep), torch.empty_like(restore)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import AsymRnRConfig
+from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend
 from .models import latent_grid
 from .state import AsymRnRState
@@ -189,6 +190,7 @@ def apply(
     inner: str = "inductor",
     mode: str | None = None,
     options: dict[str, Any] | None = None,
+    parallel: Any = None,
     **fields: Any,
 ) -> Any:
     """Compile the pipeline's transformer(s) with AsymRnR and tell them the denoising steps.
@@ -200,6 +202,9 @@ def apply(
         regional: compile only the repeated blocks (``compile_repeated_blocks``): faster to
             compile, same rewrite (the grid comes from the transformer's input).
         inner, mode, options: as for :func:`asymrnr_fx.backend` and ``torch.compile``.
+        parallel: a diffusers ``ContextParallelConfig`` (Ulysses): each transformer is first
+            given :func:`asymrnr_fx.enable_context_parallel` (diffusers' plan, or the one
+            shipped here). Ring attention is refused. ``torch.distributed`` must be initialized.
 
     Every transformer (``transformer``, ``transformer_2``) is its own application with its
     own state; both follow the pipeline's scheduler. Returns ``pipe``; undo with :func:`remove`.
@@ -211,6 +216,8 @@ def apply(
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
+    for transformer in transformers:
+        _parallelize(transformer, parallel)
     states = []
     for transformer in transformers:
         blind = compile_blind_hooks(transformer)
@@ -240,6 +247,13 @@ def apply(
     for transformer in transformers:
         transformer._asymrnr_applied = {"tap": tap, "regional": regional}
     return pipe
+
+
+def _parallelize(transformer: torch.nn.Module, parallel: Any) -> None:
+    """Context parallelism before the AsymRnR hook, so the hook sees the whole input: turned on
+    here (``parallel``), or already on (checked, and readied for compile)."""
+    if parallel is not None or getattr(transformer, "_parallel_config", None) is not None:
+        enable_context_parallel(transformer, parallel)
 
 
 def _compiled_modules(transformer: torch.nn.Module) -> Iterator[torch.nn.Module]:

@@ -28,13 +28,21 @@ _CAT = {torch.cat, torch.concat, torch.concatenate}
 
 @dataclass(frozen=True)
 class SequenceLayout:
-    """Where the video tokens sit in an attention sequence, and their grid."""
+    """Where the video tokens sit in an attention sequence, and their grid.
+
+    ``video_start`` is the position of the video in the *canonical* (single-process) order:
+    text, if any, before or after one contiguous video segment. Under Ulysses context
+    parallelism (``shards`` > 1) the sequence the call sees is ``shards`` rank-local sequences
+    one after another, each with its share of the text and of the video in the canonical
+    order; :meth:`token_order` maps one order to the other.
+    """
 
     video_start: int
     video_len: int
     grid: tuple[int, int, int]
     text_len: int
     grid_inferred: bool  # False: 1-D fallback partition over the video tokens
+    shards: int = 1
 
     def partition_stride(self, stride: tuple[int, int, int]) -> tuple[int, int, int]:
         """The chunk to partition with: ``stride``, or for the 1-D fallback as many
@@ -46,6 +54,19 @@ class SequenceLayout:
         if self.text_len == 0:
             return None
         return "before" if self.video_start > 0 else "after"
+
+    def token_order(self) -> list[int] | None:
+        """For each canonical position, its position in the sequence the call sees; None
+        where the two are the same (one process, or no text: the shards concatenate to the
+        canonical order)."""
+        if self.shards == 1 or self.text_len == 0:
+            return None
+        text, video = self.text_len // self.shards, self.video_len // self.shards
+        before = self.text_side == "before"
+        text_at, video_at = (0, text) if before else (video, 0)
+        texts = [r * (text + video) + text_at + j for r in range(self.shards) for j in range(text)]
+        videos = [r * (text + video) + video_at + j for r in range(self.shards) for j in range(video)]
+        return texts + videos if before else videos + texts
 
 
 def _shape(node: object) -> tuple[int, ...] | None:
@@ -104,6 +125,42 @@ def _sequence_pieces(query: fx.Node, seq_len: int, max_depth: int = 40) -> list[
     return None
 
 
+def _video_tokens(query: fx.Node, seq_len: int, grid: tuple[int, int, int] | None,
+                  text_tokens: int | None, allow_1d: bool, shards: int) -> int | str:
+    """Video tokens of the (rank-local) sequence, or why there is no proof it holds video."""
+    if grid is not None:
+        if math.prod(grid) % shards:
+            return f"the {math.prod(grid)} video tokens do not split evenly over {shards} processes"
+        video_len = math.prod(grid) // shards
+        if seq_len < video_len:
+            return (f"sequence of {seq_len * shards} tokens is shorter than the "
+                    f"{video_len * shards} video tokens (not video attention)")
+        return video_len
+    if not allow_1d:
+        return ("no evidence that this is video: no graph showed the patch embedding and no grid "
+                "was given; use asymrnr_fx.apply(pipe) (or apply(pipe, regional=True)), which reads "
+                "the grid from the transformer's input, or backend(grid=(T, H, W))")
+    if text_tokens is not None:
+        return seq_len - text_tokens // shards
+    pieces = _sequence_pieces(query, seq_len)
+    return max(pieces) if pieces and len(pieces) == 2 else seq_len
+
+
+def _text_side(query: fx.Node, seq_len: int, text_len: int, video_len: int,
+               text_side: str | None) -> str:
+    """Where the text sits ("before"/"after"), or the reason it cannot be told."""
+    if text_side is not None:
+        return text_side
+    if text_len == video_len:
+        return f"text and video are both {video_len} tokens: cannot tell which is which (set text_side)"
+    pieces = _sequence_pieces(query, seq_len)
+    if pieces == [text_len, video_len]:
+        return "before"
+    if pieces == [video_len, text_len]:
+        return "after"
+    return f"cannot tell where the {text_len} text tokens are (set text_side)"
+
+
 def infer_layout(
     query: fx.Node,
     seq_len: int,
@@ -111,47 +168,35 @@ def infer_layout(
     text_tokens: int | None = None,
     text_side: str | None = None,
     allow_1d: bool = False,
+    shards: int = 1,
 ) -> SequenceLayout | str:
     """The layout of an attention sequence of ``seq_len`` tokens, or the reason there is none.
 
     Without a ``grid`` there is no proof that the sequence holds video: the site is left
-    alone unless ``allow_1d`` (then its video tokens are partitioned in 1-D).
+    alone unless ``allow_1d`` (then its video tokens are partitioned in 1-D). With ``shards``
+    (Ulysses), ``query`` is the rank-local tensor: the local layout is read from it, and the
+    layout returned is that of the whole, gathered sequence.
     """
-    if grid is not None:
-        video_len = math.prod(grid)
-        if seq_len < video_len:
-            return f"sequence of {seq_len} tokens is shorter than the {video_len} video tokens (not video attention)"
-    elif not allow_1d:
-        return ("no evidence that this is video: no graph showed the patch embedding and no grid "
-                "was given; use asymrnr_fx.apply(pipe) (or apply(pipe, regional=True)), which reads "
-                "the grid from the transformer's input, or backend(grid=(T, H, W))")
-    elif text_tokens is not None:
-        video_len = seq_len - text_tokens
-    else:
-        pieces = _sequence_pieces(query, seq_len)
-        video_len = max(pieces) if pieces and len(pieces) == 2 else seq_len
-    text_len = seq_len - video_len
-    if text_tokens is not None and text_tokens != text_len:
-        return f"text_tokens={text_tokens} does not match the sequence ({seq_len} - {video_len} video tokens)"
+    if seq_len % shards or (text_tokens is not None and text_tokens % shards):
+        return f"the sequence does not split evenly over {shards} processes"
+    local_len = seq_len // shards
+    video_len = _video_tokens(query, local_len, grid, text_tokens, allow_1d, shards)
+    if isinstance(video_len, str):
+        return video_len
+    text_len = local_len - video_len
+    if text_tokens is not None and text_tokens != text_len * shards:
+        return (f"text_tokens={text_tokens} does not match the sequence ({seq_len} - "
+                f"{video_len * shards} video tokens)")
     if video_len <= 0:
         return "no video tokens in the sequence"
-    one_d = grid is None
-    token_grid = grid if grid is not None else (video_len, 1, 1)
+    token_grid = grid if grid is not None else (video_len * shards, 1, 1)
     if text_len == 0:
-        return SequenceLayout(0, video_len, token_grid, 0, not one_d)
-    side = text_side
-    if side is None and text_len == video_len:
-        return f"text and video are both {video_len} tokens: cannot tell which is which (set text_side)"
-    if side is None:
-        pieces = _sequence_pieces(query, seq_len)
-        if pieces == [text_len, video_len]:
-            side = "before"
-        elif pieces == [video_len, text_len]:
-            side = "after"
-        else:
-            return f"cannot tell where the {text_len} text tokens are (set text_side)"
-    start = text_len if side == "before" else 0
-    return SequenceLayout(start, video_len, token_grid, text_len, not one_d)
+        return SequenceLayout(0, video_len * shards, token_grid, 0, grid is not None, shards)
+    side = _text_side(query, local_len, text_len, video_len, text_side)
+    if side not in ("before", "after"):
+        return side
+    start = text_len * shards if side == "before" else 0
+    return SequenceLayout(start, video_len * shards, token_grid, text_len * shards, grid is not None, shards)
 
 
 def layout_from_evidence(
@@ -160,12 +205,13 @@ def layout_from_evidence(
     grids: Sequence[tuple[int, int, int]],
     text_tokens: int | None = None,
     text_side: str | None = None,
+    shards: int = 1,
 ) -> SequenceLayout | str:
     """The layout for the one grid among ``grids`` (evidence gathered outside this graph:
     another graph's patch embedding, or the model's input) that fits the sequence."""
     fits, reasons = {}, []
     for grid in dict.fromkeys(grids):
-        layout = infer_layout(query, seq_len, grid, text_tokens, text_side)
+        layout = infer_layout(query, seq_len, grid, text_tokens, text_side, shards=shards)
         if isinstance(layout, SequenceLayout):
             fits[grid] = layout
         else:
@@ -175,5 +221,5 @@ def layout_from_evidence(
     if fits:
         return f"several video grids fit this sequence ({sorted(fits)}): set grid=(T, H, W)"
     if not reasons:
-        return infer_layout(query, seq_len, None, text_tokens, text_side)
+        return infer_layout(query, seq_len, None, text_tokens, text_side, shards=shards)
     return f"fits none of the video grids of this model ({'; '.join(reasons)})"

@@ -16,6 +16,12 @@ replaced by :func:`asymrnr_fx.ops.reduced_sdpa`. Where the match indices come fr
 
 Extra inputs and outputs follow the original ones, in the order of :attr:`RewriteResult.extra_inputs`
 and :attr:`RewriteResult.extra_outputs`.
+
+Where a site's sequence is not in the canonical (single-process) order (Ulysses context
+parallelism with text: the rank-local sequences interleave text and video), the site's
+query, key, value and key mask are first gathered into the canonical order, and its output
+back: everything in between (matching, reduction, restoration) is the single-process code on
+the single-process layout.
 """
 
 from __future__ import annotations
@@ -181,8 +187,34 @@ def _static_indices(builder: _Builder, site: int, plan: SitePlan, example: objec
     return indices
 
 
+def _to_canonical(builder: _Builder, site: int, node: fx.Node, args: dict,
+                  order: list[int]) -> tuple[dict, fx.Node]:
+    """``args`` with query, key, value (and a key mask) in the canonical token order, and the
+    index that puts an output back into the order of the call."""
+    example = node.meta.get("example_value")
+    device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
+    forward = torch.tensor(order, dtype=torch.long, device=device)
+    back = torch.empty_like(forward).scatter_(0, forward, torch.arange(len(order), device=device))
+    to_canonical = builder.add_buffer(f"_asymrnr_{site}_order", forward)
+    unorder = builder.add_buffer(f"_asymrnr_{site}_unorder", back)
+    args = dict(args)
+    for name in ("query", "key", "value"):
+        args[name] = builder.graph.call_function(torch.index_select, (args[name], 2, to_canonical))
+    mask = args["attn_mask"]
+    mask_shape = _example_shape(mask)
+    if mask_shape is not None and mask_shape[-1] != 1:  # a key mask: its columns follow the keys
+        args["attn_mask"] = builder.graph.call_function(torch.index_select, (mask, -1, to_canonical))
+    return args, unorder
+
+
+def _example_shape(arg: object) -> tuple[int, ...] | None:
+    value = arg.meta.get("example_value", arg.meta.get("val")) if isinstance(arg, fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
 def _replace_site(builder: _Builder, node: fx.Node, args: dict, plan: SitePlan,
-                  indices: dict[str, tuple[fx.Node, fx.Node]], settings: MatchSettings) -> None:
+                  indices: dict[str, tuple[fx.Node, fx.Node]], settings: MatchSettings,
+                  unorder: fx.Node | None = None) -> None:
     q_idx = indices.get("shared", indices.get("q"))
     kv_idx = indices.get("shared", indices.get("kv"))
     with builder.graph.inserting_before(node):
@@ -194,6 +226,8 @@ def _replace_site(builder: _Builder, node: fx.Node, args: dict, plan: SitePlan,
              "kv_keep": kv_idx[0] if kv_idx else None, "kv_restore": kv_idx[1] if kv_idx else None,
              "merge": settings.merge},
         )
+        if unorder is not None:  # back into the order of the call
+            replacement = builder.graph.call_function(torch.index_select, (replacement, 2, unorder))
     replacement.meta = dict(node.meta)
     node.replace_all_uses_with(replacement)
     builder.graph.erase_node(node)
@@ -213,13 +247,16 @@ def rewrite_attention(gm: fx.GraphModule, plans: list[SitePlan], settings: Match
             continue
         node = nodes[plan.node_name]
         args = sdpa_arguments(node)
+        order, unorder = plan.layout.token_order(), None
         with builder.graph.inserting_before(node):
+            if order is not None:
+                args, unorder = _to_canonical(builder, site, node, args, order)
             if variant == "indexed":
                 indices = _indexed_indices(builder, site, plan, args, settings, refresh, slot)
                 slot += len(plan.components)
             else:
                 indices = _static_indices(builder, site, plan, node.meta.get("example_value"), settings)
-        _replace_site(builder, node, args, plan, indices, settings)
+        _replace_site(builder, node, args, plan, indices, settings, unorder)
     builder.finish()
     builder.graph.lint()
     builder.gm.recompile()

@@ -3,8 +3,10 @@
 A site is rewritten only when the graph proves it is video self-attention: query, key and
 value are 4-D with static shapes, query and key have the same length, both are projections of
 the same inputs, the mask (if any) masks keys only, there is evidence of the video grid, and
-the video tokens form one contiguous segment (text, if any, before or after it). Everything
-else is left alone with a reason.
+the video tokens form one contiguous segment (text, if any, before or after it). Under Ulysses
+context parallelism the site must be proven to see the whole sequence (see
+:mod:`.parallel`); its layout is read from the rank-local tokens. Everything else is left
+alone with a reason.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
+from .parallel import ulysses_exchange
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
@@ -141,11 +144,16 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
             # frame's output into an earlier position, and cutting it per head would expand
             # it to (B, H, L, S). Only key masks (..., 1, S) are followed.
             return AttentionSite(name, False, f"full query x key attention mask {m_shape} (may be causal)")
-    q_sources = _projection_sources(args["query"])
-    k_sources = _projection_sources(args["key"])
+    exchange = ulysses_exchange(args, shapes)
+    if isinstance(exchange, str):
+        return AttentionSite(name, False, exchange)
+    # Under Ulysses the projections and the layout are those of the rank-local tokens.
+    query, key = (exchange.query, exchange.key) if exchange else (args["query"], args["key"])
+    q_sources = _projection_sources(query)
+    k_sources = _projection_sources(key)
     if not q_sources or q_sources != k_sources:
         return AttentionSite(name, False, "cross-attention (query and key are not projections of the same tokens)")
-    layout = layout_for(node, args["query"], q_shape[2])
+    layout = layout_for(node, query, q_shape[2], exchange.degree if exchange else 1)
     if isinstance(layout, str):
         return AttentionSite(name, False, layout)
     return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1])
@@ -168,10 +176,10 @@ def classify_sites(
     """
     own_grid = grid or infer_grid(graph)
 
-    def layout_for(node: fx.Node, query: fx.Node, seq_len: int) -> SequenceLayout | str:
+    def layout_for(node: fx.Node, query: fx.Node, seq_len: int, shards: int) -> SequenceLayout | str:
         if own_grid is None and grid_evidence:
-            return layout_from_evidence(query, seq_len, grid_evidence, text_tokens, text_side)
-        return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d)
+            return layout_from_evidence(query, seq_len, grid_evidence, text_tokens, text_side, shards)
+        return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d, shards)
 
     sites = []
     for node in find_sdpa_nodes(graph):

@@ -376,3 +376,25 @@ def test_either_path_can_be_forced(pretend_gpu, monkeypatch, how) -> None:
     assert not pretend_gpu.kernel_health.reasons
     with pytest.raises(ValueError, match="kernel"):
         nearest_dst(src, dst, "l2", kernel="cuda")
+
+
+def test_ops_lower_in_inductor_with_every_argument_given():
+    # Regression: an op argument named `kernel` clashed with Inductor's
+    # FallbackKernel.create(kernel, ...) ("multiple values for argument 'kernel'") whenever the
+    # rewritten graph passed the matching-kernel choice, as every rewritten site does.
+    from asymrnr_fx import ops
+
+    def run(x, dst, src, keep, restore, refresh):  # noqa: ANN001, ANN202
+        keep, restore = torch.ops.asymrnr.select_tokens.default(
+            x, dst, src, keep, restore, refresh, 0, 0, "l2", "auto")
+        dist, idx = OP(x[:, :, 4:], x[:, :, :4], "l2", "auto")
+        return keep, restore, dist, idx
+
+    part = ops.partition((2, 2, 2), (2, 2, 2), seed=0)
+    x = torch.randn(1, 2, 8, 4, generator=torch.Generator().manual_seed(0))
+    args = (x, part.dst_idx, part.src_idx, torch.empty(1, 2, 4, dtype=torch.long),
+            torch.empty(1, 2, 8, dtype=torch.long), torch.ones(1, dtype=torch.bool))
+    torch._dynamo.reset()
+    compiled = torch.compile(run, backend="inductor", fullgraph=True)
+    for got, want in zip(compiled(*args), run(*args), strict=True):
+        assert torch.equal(got, want)

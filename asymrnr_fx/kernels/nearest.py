@@ -170,21 +170,23 @@ class KernelHealth:
 kernel_health = KernelHealth()
 
 
-def _choose(path: str) -> str:
-    if path not in KERNELS:
-        raise ValueError(f"kernel={path!r} is invalid: choose one of {KERNELS}")
-    if path == "auto":
+def _choose(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is invalid: choose one of {KERNELS}")
+    if kernel == "auto":
         env = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
         if env not in KERNELS:
             raise ValueError(f"{KERNEL_ENV}={env!r} is invalid: choose one of {KERNELS}")
         return env
-    return path
+    return kernel
 
 
 @torch.library.custom_op("asymrnr::nearest_dst", mutates_args=())
-def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", path: str = "auto") -> tuple[Tensor, Tensor]:
-    # (not "kernel": Inductor's fallback for custom ops takes that name itself)
-    choice = _choose(path)
+def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2",
+                    match_kernel: str = "auto") -> tuple[Tensor, Tensor]:
+    # Not named `kernel`: Inductor's fallback lowering would pass it by name to
+    # FallbackKernel.create(kernel, ...) ("multiple values for argument 'kernel'").
+    choice = _choose(match_kernel)
     if choice == "triton":
         return _run_triton(src, dst, metric)  # forced: a failure is the user's to see
     if choice == "auto" and _triton_can_run(src) and kernel_health.check(src, dst, metric):
@@ -196,7 +198,7 @@ def _nearest_dst_op(src: Tensor, dst: Tensor, metric: str = "l2", path: str = "a
 
 
 @_nearest_dst_op.register_fake
-def _(src: Tensor, dst: Tensor, metric: str = "l2", path: str = "auto") -> tuple[Tensor, Tensor]:
+def _(src: Tensor, dst: Tensor, metric: str = "l2", match_kernel: str = "auto") -> tuple[Tensor, Tensor]:
     check_inputs(src, dst, metric)
     out_shape = (*src.shape[:-1],)
     return (
@@ -206,7 +208,7 @@ def _(src: Tensor, dst: Tensor, metric: str = "l2", path: str = "auto") -> tuple
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library signature
-    src, dst, metric, _path = inputs
+    src, dst, metric, _kernel = inputs
     ctx.metric = metric
     ctx.save_for_backward(src, dst, output[1])
 
