@@ -510,6 +510,17 @@ def compile_in_fresh_process(args: argparse.Namespace, preset: ModelPreset, name
             return json.load(f)
 
 
+def demo_schedule(preset: ModelPreset, out_dir: str) -> str:
+    """``demo``: the small model's demo schedule (``asymrnr demo``'s default) as a JSON path."""
+    if preset.weights != "small":
+        raise SystemExit("--schedule demo needs --preset small")
+    from asymrnr_fx.small.demo import demo_config
+
+    path = os.path.join(out_dir, "demo.json")
+    demo_config(preset.layers, preset.steps).schedule_source.schedule.save(path)
+    return path
+
+
 def calibrated_schedule(spec: str, preset: ModelPreset, out_dir: str) -> str:
     """``calibrate:TARGET``: run ``asymrnr calibrate`` on the small model; the JSON path."""
     if preset.weights != "small":
@@ -682,8 +693,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kv-ratio", type=float, default=0.5)
     parser.add_argument("--q-ratio", type=float, default=0.0)
     parser.add_argument("--schedule", default=None,
-                        help="a schedule preset name or JSON path, or calibrate:TARGET to run "
-                        "`asymrnr calibrate --target TARGET` first (preset small)")
+                        help="a schedule preset name or JSON path; with --preset small also "
+                        "'demo' (the demo's schedule) or calibrate:TARGET (run `asymrnr calibrate "
+                        "--target TARGET` first)")
     parser.add_argument("--cache-interval", type=int, default=None,
                         help="default: the schedule's, else 5")
     parser.add_argument("--metric", choices=["l2", "cosine"], default="l2")
@@ -740,6 +752,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.schedule and args.schedule.startswith("calibrate:"):
         calibration = args.schedule
         args.schedule = calibrated_schedule(args.schedule, preset, tempfile.mkdtemp(prefix="asymrnr-schedule-"))
+    elif args.schedule == "demo":
+        calibration = "demo"
+        args.schedule = demo_schedule(preset, tempfile.mkdtemp(prefix="asymrnr-schedule-"))
     machine = machine_info(device)
 
     def write(result: dict[str, Any]) -> None:
