@@ -24,6 +24,7 @@ class TinyModel:
     inputs: dict[str, Any]
     grid: tuple[int, int, int]
     num_layers: int
+    notes: str = ""  # how its conditioning tokens are laid out (for the support table)
 
 
 def _cogvideox(batch: int, seed: int) -> TinyModel:

@@ -50,8 +50,9 @@ def _reduce(x: torch.Tensor, kept: list[int], representative: dict[int, int], me
 
 
 def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, kv_partition,
-                        q_keep, kv_keep, metric="l2", merge="drop", match_on="v"):
+                        q_keep, kv_keep, metric="l2", merge="drop", match_on="v", scale=None):
     """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole.
+    ``scale`` multiplies the scores (default ``1 / sqrt(D)``, as SDPA).
 
     ``q_partition`` and ``kv_partition`` are ``(dst, src)`` token lists: Q and K/V are
     partitioned separately.
@@ -84,7 +85,7 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
                 q_video = q[b, h, vid]
             queries = torch.cat([q[b, h, text], q_video])
             q_rows = text + [video_start + t for t in q_kept]
-            scores = queries @ keys.T / dim ** 0.5
+            scores = queries @ keys.T * (dim ** -0.5 if scale is None else scale)
             if mask is not None:
                 m = mask.expand(batch, heads, seq, seq)[b, h][q_rows][:, k_cols]
                 scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.double()
