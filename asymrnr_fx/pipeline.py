@@ -9,7 +9,8 @@ transformer of the pipeline (``transformer`` and, for Wan 2.2's two experts,
 * hears the pipeline's ``cache_context("cond"/"uncond", step_index=...)``: the CFG branch
   by name, and the step where the pipeline gives it;
 * runs the transformer compiled with ``dynamic=False`` (a symbolic shape would turn the
-  rewrite off), whole or its repeated blocks.
+  rewrite off), whole or its repeated blocks, after installing graph-friendly attention
+  processors where the stock ones break the graph (Mochi, :mod:`asymrnr_fx.processors`).
 
 The pipeline's scheduler tells every state the generation and its step count
 (``set_timesteps``), the first step (``set_begin_index``) and each next step (``step``).
@@ -25,6 +26,7 @@ import torch
 from .config import AsymRnRConfig
 from .dynamo_backend import AsymRnRBackend
 from .models import latent_grid
+from .processors import prepare, unprepare
 from .state import AsymRnRState
 
 __all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook"]
@@ -196,6 +198,7 @@ def apply(
         config = config.replace(**fields)
     states = []
     for transformer in transformers:
+        prepare(transformer)
         compiler = AsymRnRBackend(config, inner)
         compiler.state.hooked = True
         compile_kwargs: dict[str, Any] = {"backend": compiler, "dynamic": False}
@@ -225,7 +228,8 @@ def _compiled_modules(transformer: torch.nn.Module) -> Iterator[torch.nn.Module]
 
 
 def remove(pipe: Any) -> Any:
-    """Undo :func:`apply`: the transformers run uncompiled again and the scheduler is unhooked."""
+    """Undo :func:`apply`: the transformers run uncompiled again, with their stock attention
+    processors, and the scheduler is unhooked."""
     for transformer in _transformers(pipe):
         applied = getattr(transformer, "_asymrnr_applied", None)
         if applied is None:
@@ -236,6 +240,7 @@ def remove(pipe: Any) -> Any:
                 module._compiled_call_impl = None
         if applied["tap"] is not None:
             applied["tap"].undo()
+        unprepare(transformer)
         del transformer._asymrnr_applied
     return pipe
 

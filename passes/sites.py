@@ -21,7 +21,7 @@ from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites"]
+           "sdpa_arguments", "classify_sites", "module_classes"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
 
@@ -54,6 +54,15 @@ class AttentionSite:
 def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
     """All attention call nodes, in graph order."""
     return [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA_TARGETS]
+
+
+def module_classes(node: fx.Node) -> set[str]:
+    """Class names of the modules ``node`` was traced inside (Dynamo's ``nn_module_stack``)."""
+    names = set()
+    for entry in (node.meta.get("nn_module_stack") or {}).values():
+        cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else entry
+        names.add(cls.__name__ if isinstance(cls, type) else str(cls).rstrip("'>").rsplit(".", 1)[-1])
+    return names
 
 
 def sdpa_arguments(node: fx.Node) -> dict[str, object]:
