@@ -10,6 +10,7 @@ else is left alone with a reason.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites", "module_classes"]
+           "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
 
@@ -49,6 +50,35 @@ class AttentionSite:
     layout: SequenceLayout | None = None
     batch: int = 0
     heads: int = 0
+    kernel: str = "sdpa"  # or the name of the attention kernel that is not SDPA
+
+
+# Attention kernels that are not SDPA (diffusers' other attention backends): found by name, so
+# they are reported as left alone instead of silently skipped. Kernel name -> diffusers backend.
+_KERNEL_NAME = re.compile(r"attn|attention", re.IGNORECASE)
+_BACKEND_OF_KERNEL = (("flex_attention", "flex"), ("flash_attn_3", "_flash_3"), ("flash_attn", "flash"),
+                      ("sage", "sage"), ("xformers", "xformers"), ("npu_fusion_attention", "_native_npu"),
+                      ("aiter", "aiter"))
+
+
+def attention_kernel(node: fx.Node) -> str | None:
+    """The name of the attention kernel ``node`` calls when it is not SDPA (flex attention,
+    flash-attn, sage, xformers ops), else None."""
+    if node.op != "call_function" or node.target in SDPA_TARGETS:
+        return None
+    target = node.target
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = str(target)
+    else:
+        name = getattr(target, "__name__", "") or str(target)
+    return name if _KERNEL_NAME.search(name) else None
+
+
+def _other_kernel_site(node: fx.Node, kernel: str) -> AttentionSite:
+    backend = next((b for key, b in _BACKEND_OF_KERNEL if key in kernel), None)
+    hint = f" (diffusers attention backend {backend!r})" if backend else ""
+    return AttentionSite(node.name, False, f"attention kernel {kernel}{hint} is not "
+                         "scaled_dot_product_attention: only SDPA calls are rewritten", kernel=kernel)
 
 
 def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
@@ -153,7 +183,8 @@ def classify_sites(
     grid_evidence: Sequence[tuple[int, int, int]] = (),
     allow_1d: bool = False,
 ) -> list[AttentionSite]:
-    """Classify every attention site of ``graph``.
+    """Classify every attention site of ``graph``, in graph order: every SDPA call, and every
+    call of another attention kernel (left alone, its kernel named).
 
     The grid is, in order: ``grid`` (explicit), the graph's own patch embedding, the one
     grid of ``grid_evidence`` (grids seen outside this graph: another graph's patch
@@ -168,7 +199,13 @@ def classify_sites(
         return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d)
 
     sites = []
-    for node in find_sdpa_nodes(graph):
+    for node in graph.nodes:
+        kernel = attention_kernel(node)
+        if kernel is not None:
+            sites.append(_other_kernel_site(node, kernel))
+            continue
+        if node.op != "call_function" or node.target not in SDPA_TARGETS:
+            continue
         try:
             sites.append(_classify(node, sdpa_arguments(node), layout_for))
         except Exception as error:  # a site the pass does not understand is left alone
