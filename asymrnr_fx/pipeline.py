@@ -18,6 +18,7 @@ The pipeline's scheduler tells every state the generation and its step count
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,6 +142,9 @@ class _SchedulerTap:
                 setattr(scheduler, name, self._wrap(name, original))
 
     def _wrap(self, name: str, original: Any) -> Any:
+        # functools.wraps keeps the signature visible: diffusers' retrieve_timesteps inspects
+        # set_timesteps for `sigmas` / `timesteps` and refuses a scheduler that hides them.
+        @functools.wraps(original)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
             getattr(self, f"_after_{name}")(*args, **kwargs)

@@ -47,6 +47,26 @@ def test_apply_tracks_generations_from_the_scheduler_and_remove_undoes_it() -> N
         torch.testing.assert_close(_generate(pipe, tiny.inputs, 4), eager)
 
 
+def test_scheduler_tap_keeps_the_signature_diffusers_inspects() -> None:
+    """Regression: the wrapped set_timesteps showed (*args, **kwargs), so diffusers'
+    retrieve_timesteps refused `sigmas` and apply() broke the HunyuanVideo, LTX and Mochi
+    pipelines."""
+    import inspect
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+
+    tiny = build_tiny("wan", batch=1)
+    pipe = SimpleNamespace(transformer=tiny.model, scheduler=FlowMatchEulerDiscreteScheduler())
+    apply(pipe, inner="eager")
+    try:
+        assert "sigmas" in inspect.signature(pipe.scheduler.set_timesteps).parameters
+        timesteps, steps = retrieve_timesteps(pipe.scheduler, sigmas=[1.0, 0.75, 0.5, 0.25])
+        assert steps == 4 and states_of(pipe)[0].num_steps == 4
+    finally:
+        remove(pipe)
+
+
 def test_apply_rejects_objects_without_a_transformer() -> None:
     with pytest.raises(ValueError, match="transformer"):
         asymrnr_fx.pipeline.apply(SimpleNamespace(unet=None))
