@@ -85,12 +85,12 @@ def _wan_animate(batch: int, seed: int) -> TinyModel:
         motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=8,
         motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
         inject_face_latents_blocks=2).eval()
-    frames = 20  # + the reference frame: 21 latent frames, what a 77-frame face segment encodes to
-    inputs = {"hidden_states": randn(batch, 12, frames + 1, _SIZE, _SIZE), "timestep": timesteps(batch),
+    frames, size = 20, 4  # + the reference frame: 21 latent frames, what a 77-frame face segment encodes to
+    inputs = {"hidden_states": randn(batch, 12, frames + 1, size, size), "timestep": timesteps(batch),
               "encoder_hidden_states": _text(batch), "encoder_hidden_states_image": randn(batch, 5, 16),
-              "pose_hidden_states": randn(batch, 4, frames, _SIZE, _SIZE),
+              "pose_hidden_states": randn(batch, 4, frames, size, size),
               "face_pixel_values": randn(batch, 3, 77, 16, 16), "return_dict": False}
-    return TinyModel("wan-animate", model, inputs, grid_of(frames + 1, _SIZE, _SIZE, (1, 2, 2)), 2,
+    return TinyModel("wan-animate", model, inputs, grid_of(frames + 1, size, size, (1, 2, 2)), 2,
                      "reference image: the grid's first frame; pose: added to the grid; face: cross-attention")
 
 
