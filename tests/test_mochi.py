@@ -80,3 +80,22 @@ def test_apply_installs_the_processor_and_remove_restores_the_stock_one() -> Non
     processors = [m.processor for m in tiny.model.modules() if isinstance(m, MochiAttention)]
     assert all(isinstance(p, MochiAttnProcessor2_0) for p in processors)
     assert asymrnr_fx.unprepare(tiny.model) == 0 and asymrnr_fx.prepare(tiny.model) == len(processors)
+
+
+def test_plain_compile_of_the_mochi_pipeline_counts_its_steps() -> None:
+    """The fallback step tracker of a plain torch.compile counts the real MochiPipeline's
+    forwards as steps 0..3 of one generation. (diffusers 0.42.1 hands the transformer
+    decreasing timesteps; Mochi's own increasing convention is covered in test_state.py.)"""
+    from benchmarks.tiny_pipelines import build_pipeline
+
+    pipe, call = build_pipeline("mochi")
+    asymrnr_fx.prepare(pipe.transformer)
+    backend = asymrnr_fx.backend(kv_ratio=0.5, cache_interval=2, inner="eager")
+    pipe.transformer = torch.compile(pipe.transformer, backend=backend, dynamic=False)
+    with torch.no_grad():
+        pipe(**call, generator=torch.Generator().manual_seed(0))
+    timesteps = pipe.scheduler.timesteps.tolist()  # what each forward received
+    assert len(timesteps) == 4 and timesteps == sorted(timesteps, reverse=True)
+    state = backend.state
+    assert (state.step, state.stats["generations"], state.refresh_steps) == (3, 1, [0, 2])
+    assert state.sites_rewritable == 2 and state.stats["compiles"] == 1  # one graph for every step
