@@ -12,6 +12,17 @@ from asymrnr_fx.tiny_models import build_tiny
 from benchmarks.model_checks import compare_with_reference, output_tensors, run_compiled
 
 
+@pytest.fixture(autouse=True)
+def restore_the_default_backend():
+    """diffusers' set_attention_backend also sets the process-wide default backend (and
+    reset_attention_backend does not undo it): later tests must not inherit 'flex'."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
+
+
 @pytest.mark.parametrize("backend", ["native", "_native_math", "_native_flash"])
 def test_sdpa_backends_are_rewritten_and_equal_the_reference(backend: str) -> None:
     tiny = build_tiny("wan", batch=2)
