@@ -2,7 +2,8 @@
 
 A site is rewritten only when the graph proves it is video self-attention: query, key and
 value are 4-D with static shapes, query and key have the same length, both are projections of
-the same inputs, the mask (if any) masks keys only, there is evidence of the video grid, and
+the same inputs, the mask (if any) masks keys only (or is a symmetric padding mask whose video rows
+all equal its key mask, :mod:`.masks`), there is evidence of the video grid, and
 the video tokens form one contiguous segment (text, if any, before or after it). Everything
 else is left alone with a reason.
 """
@@ -19,6 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
+from .masks import valid_prefix_of_symmetric_mask
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
@@ -155,7 +157,7 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         return AttentionSite(name, False, f"cross-attention (query length {q_shape[2]}, key length {k_shape[2]})")
     if q_shape[0] != k_shape[0]:
         return AttentionSite(name, False, "batch sizes of query and key differ")
-    mask = args["attn_mask"]
+    mask, query_rows_valid = args["attn_mask"], None
     if mask is not None:
         m_shape = _static_shape(mask)
         if m_shape is None or len(m_shape) > 4:
@@ -163,8 +165,12 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         if len(m_shape) >= 2 and m_shape[-2] != 1:
             # A per-query mask may be causal or block-causal: restoring Q could copy a later
             # frame's output into an earlier position, and cutting it per head would expand
-            # it to (B, H, L, S). Only key masks (..., 1, S) are followed.
-            return AttentionSite(name, False, f"full query x key attention mask {m_shape} (may be causal)")
+            # it to (B, H, L, S). Only key masks (..., 1, S) are followed, and the symmetric
+            # padding mask whose video rows all equal its key mask.
+            full_mask = f"full query x key attention mask {m_shape} (may be causal)"
+            query_rows_valid = valid_prefix_of_symmetric_mask(mask)
+            if not query_rows_valid:
+                return AttentionSite(name, False, full_mask)
     q_sources = _projection_sources(args["query"])
     k_sources = _projection_sources(args["key"])
     if not q_sources or q_sources != k_sources:
@@ -172,6 +178,8 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
     layout = layout_for(node, args["query"], q_shape[2])
     if isinstance(layout, str):
         return AttentionSite(name, False, layout)
+    if query_rows_valid is not None and layout.video_start + layout.video_len > query_rows_valid:
+        return AttentionSite(name, False, full_mask)
     return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1])
 
 
