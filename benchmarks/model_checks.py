@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from asymrnr_fx.passes.grid import infer_grid
+from asymrnr_fx.passes.sites import AttentionSite, classify_sites
 from torch.overrides import TorchFunctionMode
 
 import asymrnr_fx
 from asymrnr_fx.models import latent_grid
 from asymrnr_fx.ops import dst_count, kept_count, site_partition
-from asymrnr_fx.passes.grid import infer_grid
-from asymrnr_fx.passes.sites import AttentionSite, classify_sites, module_classes
 from asymrnr_fx.tiny_models import TinyModel, build_tiny
 from tests.reference import reference_attention
 
@@ -273,11 +273,10 @@ def compare_with_reference(tiny: TinyModel, run: CompiledRun,
     return ("equal" if error <= REFERENCE_TOLERANCE else "differs"), error
 
 
-def _blocks_of_rewritten(run: CompiledRun) -> set[str]:
-    """Module classes around the rewritten calls of the whole-model compile."""
-    names = {s.node_name for s in run.call_sites() if s.rewritable}
-    return {cls for gm in run.graphs for node in gm.graph.nodes if node.name in names
-            for cls in module_classes(node)}
+def _block_classes(model: torch.nn.Module) -> set[str]:
+    """Classes of the model's transformer blocks (the members of its ModuleLists)."""
+    return {type(block).__name__ for child in model.children() if isinstance(child, torch.nn.ModuleList)
+            for block in child}
 
 
 def check_regional(tiny: TinyModel, run: CompiledRun, rewritten: int,
@@ -286,8 +285,8 @@ def check_regional(tiny: TinyModel, run: CompiledRun, rewritten: int,
     blocks = getattr(type(tiny.model), "_repeated_blocks", None)
     if not blocks:
         return "no _repeated_blocks"
-    if rewritten and not _blocks_of_rewritten(run) & set(blocks):
-        return "the blocks holding the rewritten calls are not in _repeated_blocks"
+    if rewritten and not _block_classes(tiny.model) & set(blocks):
+        return "its blocks are not in _repeated_blocks"
     torch._dynamo.reset()
     asymrnr_fx.apply(tiny.model, config, regional=True, inner="eager")
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from asymrnr_fx.passes.sites import classify_sites
 
 import asymrnr_fx
-from asymrnr_fx.passes.sites import classify_sites
 from asymrnr_fx.tiny_models import build_tiny
 from benchmarks.model_checks import compare_with_reference, output_tensors, run_compiled
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from asymrnr_fx.passes.sites import classify_sites
 
 import asymrnr_fx
 from asymrnr_fx.ops import kept_count, site_partition
-from asymrnr_fx.passes.sites import classify_sites
 
 from .reference import reference_attention
 

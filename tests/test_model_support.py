@@ -22,7 +22,7 @@ _REASON = {"cross": "cross-attention", "mask": "per-query mask (may be causal)",
            "gqa": "grouped-query", "no-grid": "no grid evidence", "layout": "where the video sits is unknown",
            "short": "shorter than the video grid (text, audio, per-frame or temporal)",
            "flex": "flex_attention (not SDPA)"}
-_REGIONAL = {"none": "no _repeated_blocks", "blocks": "the blocks holding the rewritten calls are not in _repeated_blocks"}
+_REGIONAL = {"none": "no _repeated_blocks", "blocks": "its blocks are not in _repeated_blocks"}
 
 # config: (calls rewritten with apply's grid hint, attention calls per forward, rewritten by a plain
 # torch.compile, regional compile, why the others are left alone)
@@ -32,9 +32,9 @@ EXPECTED: dict[str, tuple[int, int, int, str, set[str]]] = {
     "cogvideox1.5-i2v": (2, 2, 0, "none", set()),  # linear patch embedding: no conv in the graph
     "consisid": (2, 2, 2, "none", set()),
     "hunyuanvideo": (2, 3, 2, "equal", {"mask"}),  # the token refiner's masked text attention
-    "hunyuanvideo-i2v": (2, 3, 2, "blocks", {"mask"}),
-    "hunyuanvideo15": (0, 3, 0, "equal", {"mask"}),  # its padding mask is (B, 1, S, S)
-    "hunyuanvideo15-i2v": (0, 3, 0, "equal", {"mask"}),
+    "hunyuanvideo-i2v": (2, 3, 2, "blocks", {"mask"}),  # token-replace blocks
+    "hunyuanvideo15": (2, 3, 2, "equal", {"mask"}),  # its (B, 1, S, S) mask is K & K^T: proven
+    "hunyuanvideo15-i2v": (2, 3, 2, "equal", {"mask"}),
     "hunyuanvideo-framepack": (0, 3, 0, "none", {"layout", "mask"}),
     "mochi": (2, 3, 2, "none", {"cross"}),  # after prepare(); the caption pooling is cross-attention
     "wan": (2, 4, 2, "equal", {"cross"}),

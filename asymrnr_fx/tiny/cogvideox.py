@@ -63,7 +63,7 @@ def _consisid(batch: int, seed: int) -> TinyModel:
               "timestep": timesteps(batch), "image_rotary_emb": _rotary(grid), "id_cond": randn(batch, 2),
               "id_vit_hidden": [randn(batch, 2, 2)], "return_dict": False}
     return TinyModel("consisid", model, inputs, grid, 2,
-                     "face identity: tokens in its own cross-attention (the perceiver's attention left alone)")
+                     "face identity: perceiver cross-attention into the video (matmul attention, not SDPA)")
 
 
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {

@@ -112,7 +112,7 @@ def _wan_animate2(batch: int, seed: int) -> TinyModel:
               "kv_cache_mode": "extract", "seq_len": frames * (_SIZE // 2) ** 2,
               "offset_grid_sizes": torch.tensor([[frames, _SIZE // 2, _SIZE // 2]] * batch), "return_dict": False}
     return TinyModel("wan-animate2", model, inputs, grid_of(frames, _SIZE, _SIZE, (1, 2, 2)), 2,
-                     "reference pass (fills the K/V cache); the denoising pass attends to that cache")
+                     "reference pass: its self-attention takes K/V back through the cache it fills (not provably self-attention)")
 
 
 def _skyreels(batch: int, seed: int, forcing: bool) -> TinyModel:
