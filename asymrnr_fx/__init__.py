@@ -15,12 +15,14 @@ from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend, asymrnr_backend, backend
 from .ops import site_partition
 from .pipeline import StepCallback, apply, remove, states_of
+from .processors import prepare, unprepare
 from .schedules.schedule import Schedule
 from .state import AsymRnRState
 
 __all__ = [
     "backend", "AsymRnRBackend", "AsymRnRConfig", "AsymRnRState", "Schedule", "StepCallback",
     "apply", "remove", "states_of", "reset", "site_partition", "enable_context_parallel",
+    "prepare", "unprepare",
 ]
 __version__ = "0.1.0"
 

@@ -23,7 +23,8 @@ from .config import AsymRnRConfig
 from .context_parallel import RING_REFUSAL
 from .passes.grid import infer_grid
 from .passes.parallel import ring_attention
-from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites
+from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites, find_sdpa_nodes, module_classes
+from .processors import unprepared_warning
 from .runner import GraphRunner, InnerCompiler
 from .state import AsymRnRState
 
@@ -94,6 +95,15 @@ def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRSta
                   f"AsymRnR does nothing there: {' | '.join(fixable)}", logging.WARNING)
 
 
+def _warn_if_unprepared(gm: fx.GraphModule, state: AsymRnRState) -> None:
+    """One WARNING for a model whose stock attention processor keeps its attention out of
+    every graph (Mochi): it names the call that fixes it."""
+    graph_modules = set().union(*(module_classes(n) for n in gm.graph.nodes))
+    line = unprepared_warning(graph_modules, (module_classes(n) for n in find_sdpa_nodes(gm.graph)))
+    if line is not None:
+        state.log_once(line, logging.WARNING)
+
+
 def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymRnRState,
                  compiler: InnerCompiler) -> Callable[..., Any]:
     """The callable that replaces ``gm``: plain compile when nothing is to be rewritten.
@@ -111,6 +121,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
                            allow_1d=config.allow_1d_partition)
     state.record_sites(sites)
     _log_sites(gm, sites, state)
+    _warn_if_unprepared(gm, state)
     runner_sites = [s for s in sites if s.rewritable]
     if config.grid is not None and sites and not runner_sites:
         too_short = [s for s in sites if "shorter than the" in s.reason]

@@ -29,6 +29,7 @@ class ModelFamily:
     frames_axis: int  # where frames sit in the 5-D latent: 1 (B, F, C, H, W) or 2 (B, C, F, H, W)
     preset: str | None = None  # the schedule preset (and so stride / cache interval) for it
     tiny: str | None = None  # its tiny random-weight config in asymrnr_fx.tiny_models
+    channels_last: bool = False  # a (B, F, H, W, C) latent (Kandinsky)
 
     @property
     def stride(self) -> tuple[int, int, int]:
@@ -47,11 +48,35 @@ class ModelFamily:
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily("cogvideox", ("CogVideoXTransformer3DModel",), "before", 1, "cogvideox-2b", "cogvideox"),
-    ModelFamily("hunyuanvideo", ("HunyuanVideoTransformer3DModel",), "after", 2, "hunyuanvideo", "hunyuanvideo"),
+    ModelFamily("cogvideox", ("CogVideoXTransformer3DModel", "ConsisIDTransformer3DModel"), "before", 1,
+                "cogvideox-2b", "cogvideox"),
+    ModelFamily("hunyuanvideo", ("HunyuanVideoTransformer3DModel", "HunyuanVideoFramepackTransformer3DModel"),
+                "after", 2, "hunyuanvideo", "hunyuanvideo"),
+    ModelFamily("hunyuanvideo15", ("HunyuanVideo15Transformer3DModel",), "after", 2, "hunyuanvideo",
+                "hunyuanvideo15"),
     ModelFamily("mochi", ("MochiTransformer3DModel",), "after", 2, "mochi", "mochi"),
-    ModelFamily("wan", ("WanTransformer3DModel",), None, 2, "wan2.1", "wan"),
-    ModelFamily("ltx-video", ("LTXVideoTransformer3DModel",), None, 2, "ltx-video", "ltxvideo"),
+    ModelFamily("wan", ("WanTransformer3DModel", "WanVACETransformer3DModel", "ChronoEditTransformer3DModel",
+                        "SkyReelsV2Transformer3DModel", "WanAnimateTransformer3DModel",
+                        "WanAnimate2Transformer3DModel"), None, 2, "wan2.1", "wan"),
+    ModelFamily("ltx-video", ("LTXVideoTransformer3DModel", "LTX2VideoTransformer3DModel",
+                              "SanaWMLTX2RefinerTransformer3DModel"), None, 2,
+                "ltx-video", "ltxvideo"),
+    ModelFamily("cosmos", ("CosmosTransformer3DModel",), None, 2, None, "cosmos"),
+    ModelFamily("easyanimate", ("EasyAnimateTransformer3DModel",), "before", 2, None, "easyanimate"),
+    ModelFamily("allegro", ("AllegroTransformer3DModel",), None, 2, None, "allegro"),
+    ModelFamily("latte", ("LatteTransformer3DModel",), None, 2, None, "latte"),
+    ModelFamily("anyflow", ("AnyFlowTransformer3DModel", "AnyFlowFARTransformer3DModel"), None, 1, "wan2.1",
+                "anyflow"),
+    ModelFamily("helios", ("HeliosTransformer3DModel",), None, 2, "wan2.1", "helios"),
+    ModelFamily("motif-video", ("MotifVideoTransformer3DModel",), "after", 2, None, "motif-video"),
+    ModelFamily("joyimage", ("JoyImageEditTransformer3DModel", "JoyImageEditPlusTransformer3DModel"), None, 2,
+                None, "joyimage-edit"),
+    ModelFamily("sana-video", ("SanaVideoTransformer3DModel", "SanaWMTransformer3DModel"), None, 2, None,
+                "sana-video"),
+    ModelFamily("minimax-h3", ("MiniMaxH3Transformer3DModel",), None, 2, None, "minimax-h3"),
+    ModelFamily("cosmos3", ("Cosmos3OmniTransformer",), None, 2, None, "cosmos3-omni"),
+    ModelFamily("kandinsky", ("Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel",
+                              "Kandinsky6SRTransformer3DModel"), None, 1, None, "kandinsky5", channels_last=True),
 )
 
 
@@ -77,7 +102,9 @@ def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
     """The video token grid of one forward call, from the latent shape and the patch sizes.
 
     Evidence for graphs that do not show the patch embedding (LTX-Video's pre-patchified
-    tokens, repeated blocks compiled alone); a graph's own patch embedding wins.
+    tokens, repeated blocks compiled alone); a graph's own patch embedding wins. A 5-D latent
+    of a class outside :data:`FAMILIES` gives None: its layout is unknown, and a wrong grid
+    would partition the tokens wrongly (a channels-last latent read as channels-first did).
     """
     config = getattr(transformer, "config", None)
     hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -86,8 +113,10 @@ def latent_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
     pt, ph, pw = patch_sizes(config)
     if hidden.dim() == 5:
         family = family_of(transformer)
-        frames = hidden.shape[family.frames_axis if family else 2]
-        height, width = hidden.shape[-2:]
+        if family is None:
+            return None
+        frames = hidden.shape[family.frames_axis]
+        height, width = hidden.shape[2:4] if family.channels_last else hidden.shape[-2:]
     elif hidden.dim() == 3 and all(isinstance(kwargs.get(k), int) for k in ("num_frames", "height", "width")):
         frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
     else:

@@ -9,7 +9,8 @@ transformer of the pipeline (``transformer`` and, for Wan 2.2's two experts,
 * hears the pipeline's ``cache_context("cond"/"uncond", step_index=...)``: the CFG branch
   by name, and the step where the pipeline gives it;
 * runs the transformer compiled with ``dynamic=False`` (a symbolic shape would turn the
-  rewrite off), whole or its repeated blocks.
+  rewrite off), whole or its repeated blocks, after installing graph-friendly attention
+  processors where the stock ones break the graph (Mochi, :mod:`asymrnr_fx.processors`).
 
 The pipeline's scheduler tells every state the generation and its step count
 (``set_timesteps``), the first step (``set_begin_index``) and each next step (``step``).
@@ -17,6 +18,7 @@ The pipeline's scheduler tells every state the generation and its step count
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from .config import AsymRnRConfig
 from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend
 from .models import latent_grid
+from .processors import prepare, unprepare
 from .state import AsymRnRState
 
 __all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook", "compile_blind_hooks"]
@@ -157,6 +160,9 @@ class _SchedulerTap:
                 setattr(scheduler, name, self._wrap(name, original))
 
     def _wrap(self, name: str, original: Any) -> Any:
+        # functools.wraps keeps the signature visible: diffusers' retrieve_timesteps inspects
+        # set_timesteps for `sigmas` / `timesteps` and refuses a scheduler that hides them.
+        @functools.wraps(original)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
             getattr(self, f"_after_{name}")(*args, **kwargs)
@@ -220,6 +226,7 @@ def apply(
         _parallelize(transformer, parallel)
     states = []
     for transformer in transformers:
+        prepare(transformer)
         blind = compile_blind_hooks(transformer)
         if blind:
             logger.warning(
@@ -263,7 +270,8 @@ def _compiled_modules(transformer: torch.nn.Module) -> Iterator[torch.nn.Module]
 
 
 def remove(pipe: Any) -> Any:
-    """Undo :func:`apply`: the transformers run uncompiled again and the scheduler is unhooked."""
+    """Undo :func:`apply`: the transformers run uncompiled again, with their stock attention
+    processors, and the scheduler is unhooked."""
     for transformer in _transformers(pipe):
         applied = getattr(transformer, "_asymrnr_applied", None)
         if applied is None:
@@ -274,6 +282,7 @@ def remove(pipe: Any) -> Any:
                 module._compiled_call_impl = None
         if applied["tap"] is not None:
             applied["tap"].undo()
+        unprepare(transformer)
         del transformer._asymrnr_applied
     return pipe
 

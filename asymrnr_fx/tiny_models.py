@@ -7,23 +7,12 @@ size that compiles in seconds, plus matching example inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from .tiny.base import TinyModel
+
 __all__ = ["TinyModel", "TINY_MODELS", "build_tiny"]
-
-
-@dataclass
-class TinyModel:
-    """A model instance, its forward kwargs and the latent grid (T, H, W) in tokens."""
-
-    name: str
-    model: torch.nn.Module
-    inputs: dict[str, Any]
-    grid: tuple[int, int, int]
-    num_layers: int
 
 
 def _cogvideox(batch: int, seed: int) -> TinyModel:
@@ -137,6 +126,16 @@ TINY_MODELS: dict[str, Callable[[int, int], TinyModel]] = {
     "ltxvideo": _ltx,
     "mochi": _mochi,
 }
+
+
+def _families() -> None:
+    from .tiny import classic, cogvideox, hunyuan, kandinsky, ltx, others, wan, wan_derived
+
+    for module in (cogvideox, wan, wan_derived, hunyuan, ltx, classic, kandinsky, others):
+        TINY_MODELS.update(module.CONFIGS)
+
+
+_families()
 
 
 def build_tiny(name: str, batch: int = 1, seed: int = 0) -> TinyModel:

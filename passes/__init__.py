@@ -6,6 +6,7 @@ They live at the top of the repository (graph code apart from runtime code) and 
 * :mod:`.sites`: find every ``scaled_dot_product_attention`` call and decide whether it is
   video self-attention (and if not, why not);
 * :mod:`.grid`: the video token grid and the text/video layout of a sequence;
+* :mod:`.masks`: what a per-query attention mask does to the video rows;
 * :mod:`.rewrite`: rewrite the chosen sites into match -> reduce -> attend -> restore;
 * :mod:`.walk`: the backward graph walk the other two share.
 """

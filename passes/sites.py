@@ -2,16 +2,17 @@
 
 A site is rewritten only when the graph proves it is video self-attention: query, key and
 value are 4-D with static shapes, query and key have the same length, both are projections of
-the same inputs, the mask (if any) masks keys only, there is evidence of the video grid, and
-the video tokens form one contiguous segment (text, if any, before or after it). Under Ulysses
-context parallelism the site must be proven to see the whole sequence (see
-:mod:`.parallel`); its layout is read from the rank-local tokens. Everything else is left
-alone with a reason.
+the same inputs, the mask (if any) masks keys only (or is a symmetric padding mask whose video rows
+all equal its key mask, :mod:`.masks`), there is evidence of the video grid, and the video tokens
+form one contiguous segment (text, if any, before or after it). Under Ulysses context parallelism
+the site must be proven to see the whole sequence (see :mod:`.parallel`); its layout is read from
+the rank-local tokens. Everything else is left alone with a reason.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,11 +21,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
+from .masks import valid_prefix_of_symmetric_mask
 from .parallel import ulysses_exchange
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites"]
+           "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
 
@@ -52,11 +54,49 @@ class AttentionSite:
     layout: SequenceLayout | None = None
     batch: int = 0
     heads: int = 0
+    kernel: str = "sdpa"  # or the name of the attention kernel that is not SDPA
+
+
+# Attention kernels that are not SDPA (diffusers' other attention backends): found by name, so
+# they are reported as left alone instead of silently skipped. Kernel name -> diffusers backend.
+_KERNEL_NAME = re.compile(r"attn|attention", re.IGNORECASE)
+_BACKEND_OF_KERNEL = (("flex_attention", "flex"), ("flash_attn_3", "_flash_3"), ("flash_attn", "flash"),
+                      ("sage", "sage"), ("xformers", "xformers"), ("npu_fusion_attention", "_native_npu"),
+                      ("aiter", "aiter"))
+
+
+def attention_kernel(node: fx.Node) -> str | None:
+    """The name of the attention kernel ``node`` calls when it is not SDPA (flex attention,
+    flash-attn, sage, xformers ops), else None."""
+    if node.op != "call_function" or node.target in SDPA_TARGETS:
+        return None
+    target = node.target
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = str(target)
+    else:
+        name = getattr(target, "__name__", "") or str(target)
+    return name if _KERNEL_NAME.search(name) else None
+
+
+def _other_kernel_site(node: fx.Node, kernel: str) -> AttentionSite:
+    backend = next((b for key, b in _BACKEND_OF_KERNEL if key in kernel), None)
+    hint = f" (diffusers attention backend {backend!r})" if backend else ""
+    return AttentionSite(node.name, False, f"attention kernel {kernel}{hint} is not "
+                         "scaled_dot_product_attention: only SDPA calls are rewritten", kernel=kernel)
 
 
 def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
     """All attention call nodes, in graph order."""
     return [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA_TARGETS]
+
+
+def module_classes(node: fx.Node) -> set[str]:
+    """Class names of the modules ``node`` was traced inside (Dynamo's ``nn_module_stack``)."""
+    names = set()
+    for entry in (node.meta.get("nn_module_stack") or {}).values():
+        cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else entry
+        names.add(cls.__name__ if isinstance(cls, type) else str(cls).rstrip("'>").rsplit(".", 1)[-1])
+    return names
 
 
 def sdpa_arguments(node: fx.Node) -> dict[str, object]:
@@ -134,7 +174,7 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         return AttentionSite(name, False, f"cross-attention (query length {q_shape[2]}, key length {k_shape[2]})")
     if q_shape[0] != k_shape[0]:
         return AttentionSite(name, False, "batch sizes of query and key differ")
-    mask = args["attn_mask"]
+    mask, query_rows_valid = args["attn_mask"], None
     if mask is not None:
         m_shape = _static_shape(mask)
         if m_shape is None or len(m_shape) > 4:
@@ -142,8 +182,12 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         if len(m_shape) >= 2 and m_shape[-2] != 1:
             # A per-query mask may be causal or block-causal: restoring Q could copy a later
             # frame's output into an earlier position, and cutting it per head would expand
-            # it to (B, H, L, S). Only key masks (..., 1, S) are followed.
-            return AttentionSite(name, False, f"full query x key attention mask {m_shape} (may be causal)")
+            # it to (B, H, L, S). Only key masks (..., 1, S) are followed, and the symmetric
+            # padding mask whose video rows all equal its key mask.
+            full_mask = f"full query x key attention mask {m_shape} (may be causal)"
+            query_rows_valid = valid_prefix_of_symmetric_mask(mask)
+            if not query_rows_valid:
+                return AttentionSite(name, False, full_mask)
     exchange = ulysses_exchange(args, shapes)
     if isinstance(exchange, str):
         return AttentionSite(name, False, exchange)
@@ -156,6 +200,8 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
     layout = layout_for(node, query, q_shape[2], exchange.degree if exchange else 1)
     if isinstance(layout, str):
         return AttentionSite(name, False, layout)
+    if query_rows_valid is not None and layout.video_start + layout.video_len > query_rows_valid:
+        return AttentionSite(name, False, full_mask)
     return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1])
 
 
@@ -167,7 +213,8 @@ def classify_sites(
     grid_evidence: Sequence[tuple[int, int, int]] = (),
     allow_1d: bool = False,
 ) -> list[AttentionSite]:
-    """Classify every attention site of ``graph``.
+    """Classify every attention site of ``graph``, in graph order: every SDPA call, and every
+    call of another attention kernel (left alone, its kernel named).
 
     The grid is, in order: ``grid`` (explicit), the graph's own patch embedding, the one
     grid of ``grid_evidence`` (grids seen outside this graph: another graph's patch
@@ -182,7 +229,13 @@ def classify_sites(
         return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d, shards)
 
     sites = []
-    for node in find_sdpa_nodes(graph):
+    for node in graph.nodes:
+        kernel = attention_kernel(node)
+        if kernel is not None:
+            sites.append(_other_kernel_site(node, kernel))
+            continue
+        if node.op != "call_function" or node.target not in SDPA_TARGETS:
+            continue
         try:
             sites.append(_classify(node, sdpa_arguments(node), layout_for))
         except Exception as error:  # a site the pass does not understand is left alone

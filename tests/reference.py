@@ -55,6 +55,7 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
                         q_keep, kv_keep, metric="l2", merge="drop", match_on="v", scale=None,
                         matches=None):
     """AsymRnR attention for (B, H, S, D) tensors; ``*_keep`` None leaves that side whole.
+    ``scale`` multiplies the scores (default ``1 / sqrt(D)``, as SDPA).
 
     ``q_partition`` and ``kv_partition`` are ``(dst, src)`` token lists: Q and K/V are
     partitioned separately. ``matches`` maps ``(component, b, h)`` to ``(kept, representative)``:

@@ -10,7 +10,10 @@ from diffusers import DDIMScheduler
 
 import asymrnr_fx
 from asymrnr_fx.pipeline import apply, remove, states_of
-from asymrnr_fx.tiny_models import build_tiny
+from asymrnr_fx.tiny_models import TINY_MODELS, build_tiny
+
+# Inputs without a grid in them: the hint is None and only a graph's own evidence (or grid=) counts.
+NO_HINT = {"wan-animate2", "sana-wm-refiner", "minimax-h3", "joyimage-edit-plus", "cosmos3-omni"}
 
 
 def _generate(pipe: SimpleNamespace, inputs: dict, steps: int) -> torch.Tensor:
@@ -44,17 +47,56 @@ def test_apply_tracks_generations_from_the_scheduler_and_remove_undoes_it() -> N
         torch.testing.assert_close(_generate(pipe, tiny.inputs, 4), eager)
 
 
+def test_scheduler_tap_keeps_the_signature_diffusers_inspects() -> None:
+    """Regression: the wrapped set_timesteps showed (*args, **kwargs), so diffusers'
+    retrieve_timesteps refused `sigmas` and apply() broke the HunyuanVideo, LTX and Mochi
+    pipelines."""
+    import inspect
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+
+    tiny = build_tiny("wan", batch=1)
+    pipe = SimpleNamespace(transformer=tiny.model, scheduler=FlowMatchEulerDiscreteScheduler())
+    apply(pipe, inner="eager")
+    try:
+        assert "sigmas" in inspect.signature(pipe.scheduler.set_timesteps).parameters
+        timesteps, steps = retrieve_timesteps(pipe.scheduler, sigmas=[1.0, 0.75, 0.5, 0.25])
+        assert steps == 4 and states_of(pipe)[0].num_steps == 4
+    finally:
+        remove(pipe)
+
+
 def test_apply_rejects_objects_without_a_transformer() -> None:
     with pytest.raises(ValueError, match="transformer"):
         asymrnr_fx.pipeline.apply(SimpleNamespace(unet=None))
 
 
-@pytest.mark.parametrize("name", ["cogvideox", "hunyuanvideo", "wan", "ltxvideo", "mochi"])
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_latent_grid_hint_matches_the_token_grid(name: str) -> None:
-    from asymrnr_fx.models import latent_grid
+    """The hint apply() gives is the token grid, or nothing where the input holds no grid
+    (pre-patchified tokens without num_frames/height/width, packed sequences, lists)."""
+    from asymrnr_fx.models import family_of, latent_grid
 
     tiny = build_tiny(name, batch=1)
-    assert latent_grid(tiny.model, (), tiny.inputs) == tiny.grid
+    assert family_of(tiny.model) is not None  # calibration and apply() read the family table
+    hint = latent_grid(tiny.model, (), tiny.inputs)
+    assert hint == tiny.grid or (hint is None and name in NO_HINT)
+
+
+def test_latent_grid_of_a_channels_last_latent_and_of_an_unknown_class() -> None:
+    """Regression: a (B, T, H, W, C) latent was read as (B, C, T, H, W), so Kandinsky's
+    (4, 4, 4) grid became (8, 4, 2) and its sites were partitioned on that wrong grid; a class
+    outside the family table got the same guess."""
+    from asymrnr_fx.models import latent_grid
+
+    tiny = build_tiny("kandinsky5", batch=1)
+    assert latent_grid(tiny.model, (), tiny.inputs) == (4, 4, 4)
+
+    class Unknown(torch.nn.Module):
+        config = {"patch_size": 2}
+
+    assert latent_grid(Unknown(), (torch.zeros(1, 4, 4, 8, 8),), {}) is None
 
 
 def test_apply_gives_ltx_its_3d_grid() -> None:

@@ -1,0 +1,164 @@
+"""The model-support table: every video transformer class of diffusers, checked and generated.
+
+    python -m benchmarks.models                 # all tiny configs and pipelines (a few minutes)
+    python -m benchmarks.models --only mochi    # some configs; JSON and README left as they are
+
+Runs :func:`benchmarks.model_checks.check_model` on every tiny config of
+:mod:`asymrnr_fx.tiny_models` and :func:`benchmarks.pipeline_checks.check_pipeline` on every tiny
+pipeline, prints the table, writes ``benchmarks/results/models.json`` and replaces the README's
+model-support table with it. ``tests/test_model_support.py`` runs the same checks in CI and fails
+when the README's table is not what they produce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results" / "models.json"
+BEGIN, END = "<!-- model-support:begin -->", "<!-- model-support:end -->"
+
+__all__ = ["video_classes", "render_table", "readme_table", "write_readme", "run_all", "main"]
+
+# Video transformers whose name does not say 3-D.
+EXTRA_VIDEO_CLASSES = ("Cosmos3OmniTransformer",)
+
+# Short names for the reasons a call is left alone (the JSON keeps the full text).
+_SHORT_REASONS = (
+    ("cross-attention", "cross-attention"),
+    ("full query x key attention mask", "per-query mask (may be causal)"),
+    ("causal attention", "causal"),
+    ("grouped-query", "grouped-query"),
+    ("no evidence that this is video", "no grid evidence"),
+    ("sequence of", "shorter than the video grid (text, audio, per-frame or temporal)"),
+    ("cannot tell where the", "where the video sits is unknown"),
+    ("several video grids fit", "several grids fit"),
+)
+
+
+def video_classes() -> list[str]:
+    """The video transformer classes diffusers exports: ``*Transformer3DModel`` under
+    ``diffusers.models.transformers``, and those of :data:`EXTRA_VIDEO_CLASSES`."""
+    import diffusers
+
+    names = []
+    for name in dir(diffusers):
+        if not (name.endswith("Transformer3DModel") or name in EXTRA_VIDEO_CLASSES):
+            continue
+        cls = getattr(diffusers, name)
+        if getattr(cls, "__module__", "").startswith("diffusers.models.transformers"):
+            names.append(name)
+    return sorted(names)
+
+
+def short_reason(reason: str) -> str:
+    """A few words for one reason, for the table."""
+    if reason.startswith("fits none of the video grids"):  # the grid's own reason says why
+        return short_reason(reason[reason.find(": ") + 2:])
+    if reason.startswith("attention kernel "):
+        return f"{reason.split()[2]} (not SDPA)"
+    return next((short for prefix, short in _SHORT_REASONS if prefix in reason), reason)
+
+
+def _reasons(reasons: Iterable[str]) -> str:
+    return "; ".join(dict.fromkeys(short_reason(r) for r in reasons)) or ""
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "/")
+
+
+def _model_line(row: dict[str, Any]) -> str:
+    total = row["rewritten"] + row["left_alone"]
+    plain = f"{row['plain_rewritten']} / {total}"
+    if row["plain_reasons"]:
+        plain += f" ({_reasons(row['plain_reasons'])})"
+    if row["prepared"]:
+        plain += " after `asymrnr_fx.prepare`"
+    reference = row["reference"] if row["reference"] != "nothing rewritten" else "-"
+    regional = row["regional"].replace("_repeated_blocks", "`_repeated_blocks`")
+    cells = [f"`{row['model']}`", row["config"], f"{row['rewritten']} / {total}", plain,
+             _reasons(row["reasons"]), reference, regional, row["notes"]]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _pipeline_line(row: dict[str, Any]) -> str:
+    rewritten = ", ".join(f"{n}: {c}" for n, c in zip(row["transformers"], row["rewritten"], strict=True))
+    refresh = "; ".join(f"{n}: {s}" for n, s in zip(row["transformers"], row["refresh_steps"], strict=True))
+    cells = [f"`{row['pipeline']}`", row["name"], rewritten, str(row["num_steps"][0]), refresh,
+             "yes" if row["changed"] else "no", "yes" if row["restored"] else "no",
+             row["result"].split(":", 1)[0]]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def render_table(models: Sequence[dict[str, Any]], pipelines: Sequence[dict[str, Any]]) -> str:
+    """The README's model-support tables (Markdown) from the rows of the checks."""
+    lines = [
+        "| class | tiny config | rewritten with `apply` | plain `torch.compile` | left alone (why) "
+        "| vs reference | regional compile | conditioning |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_model_line(row) for row in sorted(models, key=lambda r: (r["model"], r["config"]))),
+        "",
+        "| pipeline | tiny config | rewritten per forward | steps (told by the scheduler) "
+        "| matching refreshed at steps | output changed | `remove` restores it | result |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_pipeline_line(row) for row in sorted(pipelines, key=lambda r: (r["pipeline"], r["name"]))),
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(table: str, readme: Path = README) -> None:
+    """Replace the text between the model-support markers of the README by ``table``."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    readme.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+
+
+def readme_table(readme: Path = README) -> str:
+    text = readme.read_text()
+    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+
+
+def run_all(only: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every model check and pipeline check (or those named in ``only``)."""
+    from asymrnr_fx.tiny_models import TINY_MODELS
+
+    from .model_checks import check_model
+    from .pipeline_checks import check_pipeline
+    from .tiny_pipelines import PIPELINES
+
+    models, pipelines = [], []
+    for name in TINY_MODELS:
+        if only is None or name in only:
+            row = check_model(name)
+            models.append(row.to_dict())
+            print(f"{name}: {row.rewritten} rewritten, reference {row.reference}, {row.seconds} s", file=sys.stderr)
+    for name in PIPELINES:
+        if only is None or name in only:
+            pipelines.append(check_pipeline(name).to_dict())
+    return models, pipelines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", help="tiny config or pipeline names (nothing is written)")
+    args = parser.parse_args(argv)
+    models, pipelines = run_all(args.only)
+    table = render_table(models, pipelines)
+    print(table)
+    if args.only is None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"models": models, "pipelines": pipelines}, indent=1) + "\n")
+        write_readme(table)
+        print(f"wrote {RESULTS.relative_to(ROOT)} and the table in {README.name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
