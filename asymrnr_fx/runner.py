@@ -28,6 +28,29 @@ from .state import AsymRnRState, IndexKey
 __all__ = ["GraphRunner", "InnerCompiler"]
 
 
+def custom_op_signatures() -> str:
+    """The schemas of the package's custom ops, as one string."""
+    from .kernels import nearest  # noqa: F401  (registers asymrnr::nearest_dst)
+
+    ops = (torch.ops.asymrnr.select_tokens.default, torch.ops.asymrnr.nearest_dst.default)
+    return ";".join(str(op._schema) for op in ops)
+
+
+def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config_patches: dict[str, Any]) -> Callable[..., Any]:
+    """Inductor, with the custom ops' signatures in its cache keys.
+
+    Inductor's on-disk caches key a graph by its code, where a custom op is its name and its
+    arguments by position: after an upgrade that renames or adds an op argument they would
+    serve code that calls the op with the old signature ("Unknown keyword argument").
+    ``cache_key_tag`` is part of both cache keys; the user's own tag is kept in front.
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    tag = f"{torch.compiler.config.cache_key_tag}|asymrnr:{custom_op_signatures()}"
+    with torch.compiler.config.patch(cache_key_tag=tag):
+        return compile_fx(gm, list(example_inputs), config_patches=config_patches)
+
+
 class InnerCompiler:
     """What compiles the rewritten graphs: Inductor (with the user's patches) or nothing."""
 
@@ -41,20 +64,16 @@ class InnerCompiler:
         """Compile with the shapes of ``example_inputs`` (the graph Dynamo handed over)."""
         if self.inner == "eager":
             return gm.forward
-        from torch._inductor.compile_fx import compile_fx
-
-        return compile_fx(gm, list(example_inputs), config_patches=self.config_patches)
+        return _inductor(gm, example_inputs, self.config_patches)
 
     def dynamic(self, gm: fx.GraphModule, dynamic_dims: Sequence[tuple[int, int]]) -> Callable[..., Any]:
         """Compile on first call, with the ``(input, dim)`` sizes in ``dynamic_dims`` symbolic."""
         if self.inner == "eager":
             return gm.forward
-        from torch._inductor.compile_fx import compile_fx
-
         patches = self.config_patches
 
         def inductor(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-            return compile_fx(graph, list(example_inputs), config_patches=patches)
+            return _inductor(graph, example_inputs, patches)
 
         compiled = torch.compile(gm, backend=inductor, fullgraph=True)
         compiled_once = False

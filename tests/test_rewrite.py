@@ -318,3 +318,29 @@ def test_one_compiled_graph_serves_a_different_ratio_at_every_step() -> None:
             ).float()
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     assert compiler.state.stats["compiles"] == 1  # the bound: one graph per captured graph
+
+
+def test_inductor_cache_keys_carry_the_custom_op_signatures(monkeypatch) -> None:
+    """Regression: Inductor's on-disk caches key a graph by its code, where a custom op call is
+    its name and positional arguments. After the op's last argument was renamed, a cache entry
+    compiled for the old signature was served ("Unknown keyword argument 'path' for operator
+    'asymrnr::select_tokens'"). Every compile of a rewrite is tagged with the ops' schemas."""
+    import torch._inductor.compile_fx as compile_fx_module
+
+    tags = []
+    real = compile_fx_module.compile_fx
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        tags.append(torch.compiler.config.cache_key_tag)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compile_fx_module, "compile_fx", spy)
+    module = JointAttention(16, 2, "before", "positional").eval()
+    config = asymrnr_fx.AsymRnRConfig(kv_ratio=0.5, grid=(2, 4, 4))
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=asymrnr_fx.backend(config), fullgraph=True)
+    with torch.no_grad(), torch.compiler.config.patch(cache_key_tag="users-own"):
+        compiled(torch.randn(1, 32, 16), torch.randn(1, 3, 16), None)
+    schema = str(torch.ops.asymrnr.select_tokens.default._schema)
+    assert tags and all(t.startswith("users-own") and schema in t for t in tags)
+    assert torch.compiler.config.cache_key_tag == ""
