@@ -36,6 +36,13 @@ class ModelFamily:
 
         return PRESETS[self.preset].stride if self.preset else (2, 2, 2)
 
+    @property
+    def cache_interval(self) -> int:
+        """The reference's matching cache interval for this family (the preset's)."""
+        from .schedules.presets import PRESETS
+
+        return PRESETS[self.preset].cache_interval if self.preset else 5
+
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("cogvideox", ("CogVideoXTransformer3DModel",), "before", 1, "cogvideox-2b", "cogvideox"),
