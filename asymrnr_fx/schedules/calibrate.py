@@ -37,7 +37,7 @@ from .ratios import attention_flops_cut as _flops_cut
 from .redundancy import measure_redundancy
 from .schedule import Schedule
 from .sensitivity import DEFAULT_LEVELS, measure_sensitivity
-from .trajectory import EulerTrajectory, Trajectory
+from .trajectory import EulerTrajectory, Trajectory, run_trajectory
 
 __all__ = [
     "METHODS",
@@ -70,6 +70,13 @@ def attention_flops_cut(schedule: Schedule, num_video: int, num_dst: int, text_t
 
 def _as_list(runs: Any) -> list[Any]:
     return list(runs) if isinstance(runs, (list, tuple)) else [runs]
+
+
+def _as_sample(run: Trajectory | Callable) -> Callable:
+    """A whole-generation ``sample(set_step)`` callable for ``run``."""
+    if isinstance(run, Trajectory):
+        return lambda set_step: run_trajectory(run, set_step)
+    return run
 
 
 def measure(
@@ -113,7 +120,8 @@ def measure(
             steps = runs[0].num_steps if isinstance(runs[0], Trajectory) else None
         if steps is None:
             raise ValueError("steps is required with method='redundancy' and a sampling callable")
-        table = measure_redundancy(model, runs, reduction, steps=steps, text_tokens=text_tokens,
+        samples = [_as_sample(r) for r in runs]
+        table = measure_redundancy(model, samples, reduction, steps=steps, text_tokens=text_tokens,
                                    text_side=text_side, groups=step_groups, priors=priors, levels=levels)
     return replace(table, meta={**(table.meta or {}), "seconds": time.perf_counter() - start})
 

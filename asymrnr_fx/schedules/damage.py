@@ -32,7 +32,9 @@ class Reduction:
     """How the backend will reduce: the video grid and the matching settings.
 
     The dst partition is drawn afresh per (site, component, refresh window), as the backend
-    does by default (:func:`asymrnr_fx.ops.site_partition`).
+    does by default (:func:`asymrnr_fx.ops.site_partition`). A schedule carries the stride,
+    seed, metric and cache interval; ``merge`` is the config's (``AsymRnRConfig.merge``), so a
+    schedule measured with ``merge="mean"`` must run with it.
     """
 
     grid: tuple[int, int, int]

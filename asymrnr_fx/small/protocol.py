@@ -2,8 +2,9 @@
 
 Every quality figure of the small model says which set it was measured on:
 
-* :data:`CALIBRATION` (in-sample): the demo's four prompts, seeds 0-3. ``asymrnr calibrate
-  --model small`` measures on it by default, and the demo schedule was probed on it.
+* :data:`CALIBRATION` (in-sample): the demo's four prompts, two seeds each (0-7; the demo
+  samples seeds 0-3). ``asymrnr calibrate --model small`` measures on it by default, and the
+  demo schedule was probed on its prompts.
 * :data:`HELD_OUT`: four other prompts (every shape, colour, background and pan appears,
   in other combinations), two seeds each (10-17); no calibration ever sees them.
 
@@ -49,7 +50,7 @@ CALIBRATION = _repeat("calibration", (
     "blue square orbit checker still",
     "yellow triangle down gradient pan-left",
     "green circle zoom stripes pan-right",
-), 0, 1)
+), 0, 2)
 
 HELD_OUT = _repeat("held-out", (
     "green square left checker pan-right",
