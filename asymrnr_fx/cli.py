@@ -405,6 +405,7 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
     """Run the model on the calibration clips: the damage table (and the setup's extras)."""
     from .schedules.calibrate import measure
     from .schedules.damage import Reduction
+    from .schedules.sensitivity import DEFAULT_PROBES
 
     setup = _calibration_setup(args)
     method = args.method or ("sensitivity" if setup.replayable else "redundancy")
@@ -412,7 +413,8 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
                           args.cache_interval or setup.cache_interval)
     table = measure(setup.model, setup.runs, reduction, method=method, steps=args.steps,
                     text_tokens=setup.text_tokens, text_side=setup.text_side,
-                    step_groups=args.step_groups, priors=not args.no_priors, probes=args.probes)
+                    step_groups=args.step_groups, priors=not args.no_priors,
+                    probes=args.probes or DEFAULT_PROBES)
     meta = dict(table.meta or {})
     meta.update({"model": args.model, "clips": [list(c) for c in setup.clips],
                  "data_range": setup.data_range, "name": setup.name})
@@ -547,8 +549,9 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
                    help="first seed (clips count up from it) and the partition seed")
     p.add_argument("--measurement", default=None,
                    help="refit a saved measurement (OUT.measurement.json) at --target: no model run")
-    p.add_argument("--probes", type=int, default=1,
-                   help="random output directions per clip for sensitivity (each adds ~3 runs)")
+    p.add_argument("--probes", type=int, default=None,
+                   help="random output directions per clip for sensitivity (default 4; each adds "
+                   "about 2 baseline-length runs, fewer make noisier schedules)")
     p.add_argument("--batch", type=int, default=4, help="clips per run of the small model (default 4)")
     p.add_argument("--stride", type=_parse_stride, default=None,
                    help="partition t,h,w (default: the model family's, e.g. 6,2,2 for HunyuanVideo)")

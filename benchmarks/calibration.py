@@ -34,6 +34,7 @@ from tabulate import tabulate
 from asymrnr_fx.config import AsymRnRConfig
 from asymrnr_fx.schedules.calibrate import fit, measure, predicted_psnr
 from asymrnr_fx.schedules.damage import DamageTable, Reduction
+from asymrnr_fx.schedules.sensitivity import DEFAULT_PROBES
 from asymrnr_fx.small.data import TEXT_TOKENS
 from asymrnr_fx.small.demo import demo_config
 from asymrnr_fx.small.evaluate import baseline_clips, score
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.35, 0.5, 0.6])
-    parser.add_argument("--probes", type=int, default=1, help="sensitivity probes per clip")
+    parser.add_argument("--probes", type=int, default=DEFAULT_PROBES,
+                        help=f"sensitivity probes per clip (default {DEFAULT_PROBES}, as calibrate)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/results/calibration.json")
     args = parser.parse_args(argv)

@@ -106,7 +106,7 @@ def test_generate_missing_model_fails_offline(capsys, no_network) -> None:
 def test_calibrate_then_show(tmp_path, capsys) -> None:
     out = tmp_path / "cal" / "schedule.json"
     argv = ["calibrate", "--model", "tiny:cogvideox", "--target", "0.25", "--steps", "4",
-            "--out", str(out), "--cache-interval", "2"]
+            "--out", str(out), "--cache-interval", "2", "--probes", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "attention FLOPs removed" in printed
@@ -134,7 +134,8 @@ def test_calibrate_then_show(tmp_path, capsys) -> None:
 def test_calibrate_small_model_prompts(tmp_path, capsys) -> None:
     out = tmp_path / "small.json"
     assert main(["calibrate", "--model", "small", "--target", "0.4", "--steps", "2", "--out", str(out),
-                 "--prompt", "red circle right", "blue square orbit", "--threads", "1"]) == 0
+                 "--prompt", "red circle right", "blue square orbit", "--threads", "1",
+                 "--probes", "1"]) == 0
     printed = capsys.readouterr().out
     assert "predicted PSNR" in printed and "measuring 2 clip(s) (sensitivity)" in printed
     stats = json.loads(out.with_suffix(".stats.json").read_text())

@@ -8,7 +8,8 @@
      error of the *final output*, from the attention error each cut makes (reduced exactly as
      the backend reduces) and the gradient of the output through the rest of the sampling
      chain. Needs a :class:`~asymrnr_fx.schedules.trajectory.Trajectory` (a sampler whose
-     steps can be replayed). Costs about 5-6 baseline-length runs of the calibration clips.
+     steps can be replayed). Costs about ``3 + 2 x probes`` baseline-length runs of the
+     calibration clips (11 with the default 4 probes).
    * ``"redundancy"`` (:mod:`asymrnr_fx.schedules.redundancy`): nearest-dst distances with
      the paper's priors, from one plain run of any sampling callable (a diffusers pipeline).
      A proxy: it holds worse on prompts it was not measured on.
@@ -36,7 +37,7 @@ from .damage import DamageTable, Reduction
 from .ratios import attention_flops_cut as _flops_cut
 from .redundancy import measure_redundancy
 from .schedule import Schedule
-from .sensitivity import DEFAULT_LEVELS, measure_sensitivity
+from .sensitivity import DEFAULT_LEVELS, DEFAULT_PROBES, measure_sensitivity
 from .trajectory import EulerTrajectory, Trajectory, run_trajectory
 
 __all__ = [
@@ -90,7 +91,7 @@ def measure(
     text_side: str | None = None,
     step_groups: int | None = None,
     priors: bool = True,
-    probes: int = 1,
+    probes: int = DEFAULT_PROBES,
     levels: Mapping[str, Sequence[float]] | None = None,
 ) -> DamageTable:
     """The damage table of ``model`` over ``runs`` (one or several batches of clips).
@@ -172,7 +173,7 @@ def calibrate(
     method: str = "sensitivity",
     step_groups: int | None = None,
     priors: bool = True,
-    probes: int = 1,
+    probes: int = DEFAULT_PROBES,
     name: str | None = None,
 ) -> CalibrationResult:
     """:func:`measure` then :func:`fit`: a schedule for ``model`` removing

@@ -16,8 +16,9 @@ Errors of one unit add up over the steps of its group before squaring (the same 
 every step of a window, so their errors are correlated); units are taken as independent.
 
 Cost, in baseline-length runs of the calibration batch: one plain run (which also does the
-matching), then per probe one replay of every step with gradients (forward + backward, about
-3 runs) plus the reduced attention of every level at every site and step.
+matching), one replay of every step with gradients (a forward), one backward pass per probe
+(about 2 runs each) and the reduced attention of every K/V level at every site and step (Q
+errors are gathers of the full output). Memory: one step's forward with gradients.
 """
 
 from __future__ import annotations
@@ -33,11 +34,18 @@ from .attention_calls import AttentionCalls, SiteCall, VideoSpan
 from .damage import COMPONENTS, DamageTable, Reduction, distinct_levels, step_groups
 from .trajectory import Trajectory, run_trajectory
 
-__all__ = ["DEFAULT_LEVELS", "measure_sensitivity"]
+__all__ = ["DEFAULT_LEVELS", "DEFAULT_PROBES", "measure_sensitivity"]
 
 DEFAULT_LEVELS: Mapping[str, tuple[float, ...]] = {"q": (0.25, 0.5, 0.75, 0.9),
                                                    "kv": (0.25, 0.5, 0.75, 0.9)}
 """Ratio levels measured per component (above the partition's limit they are capped)."""
+
+DEFAULT_PROBES = 4
+"""Random output directions per clip. The estimate of a unit's damage is a mean of
+``clips x probes`` squared projections (relative noise ``sqrt(2 / (clips x probes))``), and
+allocation favours the units whose noise came out low: on the small model, four clips with
+one probe gave schedules 3 dB apart between two probe draws. Each probe costs one backward
+pass per step, about two baseline-length runs."""
 
 
 @dataclass
@@ -67,29 +75,32 @@ class _MatchIndices:
 
 @dataclass
 class _Sweep:
-    """Per clip and unit, the summed ``g . e`` of one probe (see the module docs)."""
+    """Per probe, clip and unit, the summed ``g . e`` (see the module docs)."""
 
     reduction: Reduction
     indices: _MatchIndices
     group_of: list[int]
     clips: int
     num_layers: int
+    probes: int = 1
     sums: dict[str, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         groups = max(self.group_of) + 1
-        self.sums = {c: torch.zeros(self.clips, groups, self.num_layers, len(self.indices.levels[c]),
-                                    dtype=torch.float64) for c in COMPONENTS}
+        self.sums = {c: torch.zeros(self.probes, self.clips, groups, self.num_layers,
+                                    len(self.indices.levels[c]), dtype=torch.float64)
+                     for c in COMPONENTS}
 
-    def add(self, call: SiteCall, out: torch.Tensor, grad: torch.Tensor) -> None:
-        """Add every level's ``g . e`` at this site and step."""
+    def add(self, call: SiteCall, out: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """Add every level's ``g . e`` at this site and step, for every probe's ``g``."""
         group = self.group_of[call.step]
         for comp in COMPONENTS:
             for level, (keep, restore) in enumerate(self.indices.get(call, comp)):
-                reduced = self._reduced(call, comp, keep, restore, out)
-                dot = ((reduced.float() - out.float()) * grad.float()).flatten(1).sum(1).double()
-                # Rows of a batch with CFG inside ([cond; uncond]) belong to clip row % clips.
-                self.sums[comp][:, group, call.site, level] += dot.view(-1, self.clips).sum(0)
+                error = self._reduced(call, comp, keep, restore, out).float() - out.float()
+                for probe, grad in enumerate(grads):
+                    dot = (error * grad.float()).flatten(1).sum(1).double()
+                    # Rows of a batch with CFG inside ([cond; uncond]) belong to clip row % clips.
+                    self.sums[comp][probe, :, group, call.site, level] += dot.view(-1, self.clips).sum(0)
 
     def _reduced(self, call: SiteCall, comp: str, keep: torch.Tensor, restore: torch.Tensor,
                  out: torch.Tensor) -> torch.Tensor:
@@ -117,20 +128,24 @@ def _plain_run(trajectory: Trajectory, calls: AttentionCalls, indices: _MatchInd
     return latents
 
 
-def _output_adjoint(trajectory: Trajectory, last: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gradient of ``u . finish(last)`` with respect to ``last``, for Gaussian ``u``."""
+def _output_adjoints(trajectory: Trajectory, last: torch.Tensor, generator: torch.Generator,
+                     probes: int) -> list[torch.Tensor]:
+    """Per probe, the gradient of ``u . finish(last)`` with respect to ``last`` (Gaussian ``u``)."""
     latent = last.detach().requires_grad_(True)
+    adjoints = []
     with torch.enable_grad():
         output = trajectory.finish(latent)
-        u = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
-        (adjoint,) = torch.autograd.grad(output, latent, u)
-    return adjoint
+        for probe in range(probes):
+            u = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
+            adjoints += torch.autograd.grad(output, latent, u, retain_graph=probe < probes - 1)
+    return adjoints
 
 
 def _replay_step(trajectory: Trajectory, calls: AttentionCalls, index: int, latent: torch.Tensor,
-                 adjoint: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Run step ``index`` with gradients; returns the adjoint of its input latent and, per
-    site call, ``(call, attention output, gradient of the output)``."""
+                 adjoints: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
+    """Run step ``index`` once with gradients and pull every probe's adjoint back through it;
+    returns the adjoints of its input latent and, per site call, ``(call, attention output,
+    gradient of the output per probe)``."""
     captured: list[tuple[SiteCall, torch.Tensor]] = []
 
     def keep_output(call: SiteCall, attend) -> torch.Tensor:  # noqa: ANN001
@@ -143,22 +158,26 @@ def _replay_step(trajectory: Trajectory, calls: AttentionCalls, index: int, late
     with torch.enable_grad(), calls:
         calls.replay_step(index)
         nxt = trajectory.step(index, x)
-        grads = torch.autograd.grad(nxt, [x] + [out for _, out in captured], adjoint,
-                                    allow_unused=True)
-    sites = [(call, out.detach(), grad if grad is not None else torch.zeros_like(out))
-             for (call, out), grad in zip(captured, grads[1:], strict=True)]
-    return grads[0], sites
+        outs = [out for _, out in captured]
+        per_probe = [torch.autograd.grad(nxt, [x, *outs], adjoint, allow_unused=True,
+                                         retain_graph=probe < len(adjoints) - 1)
+                     for probe, adjoint in enumerate(adjoints)]
+    sites = [(call, out.detach(), [g[1 + i] if g[1 + i] is not None else torch.zeros_like(out)
+                                   for g in per_probe])
+             for i, (call, out) in enumerate(captured)]
+    return [g[0] for g in per_probe], sites
 
 
 def _sweep(trajectory: Trajectory, calls: AttentionCalls, latents: list[torch.Tensor], sweep: _Sweep,
            generator: torch.Generator) -> None:
-    """One probe: backward through the whole chain, step by step (one step in memory)."""
-    adjoint = _output_adjoint(trajectory, latents[-1], generator)
+    """Backward through the whole chain, step by step (one step in memory), every probe at
+    once: the step's forward and its attention errors are shared by the probes."""
+    adjoints = _output_adjoints(trajectory, latents[-1], generator, sweep.probes)
     for index in reversed(range(trajectory.num_steps)):
-        adjoint, sites = _replay_step(trajectory, calls, index, latents[index], adjoint)
+        adjoints, sites = _replay_step(trajectory, calls, index, latents[index], adjoints)
         with torch.no_grad():
-            for call, out, grad in sites:
-                sweep.add(call, out, grad)
+            for call, out, grads in sites:
+                sweep.add(call, out, grads)
 
 
 @dataclass
@@ -184,12 +203,11 @@ def _measure_batch(model: torch.nn.Module, trajectory: Trajectory, span: VideoSp
         totals.num_layers = _site_count(calls, totals.num_layers, indices.reduction)
         totals.text_tokens = int(calls.text_seen or 0)
         batch = latents[-1].shape[0]
-        for _ in range(probes):
-            sweep = _Sweep(indices.reduction, indices, group_of, batch, totals.num_layers)
-            _sweep(trajectory, calls, latents, sweep, generator)
-            squares = {c: sweep.sums[c].pow(2).sum(0) for c in COMPONENTS}
-            totals.squares = squares if totals.squares is None else {
-                c: totals.squares[c] + squares[c] for c in COMPONENTS}
+        sweep = _Sweep(indices.reduction, indices, group_of, batch, totals.num_layers, probes)
+        _sweep(trajectory, calls, latents, sweep, generator)
+        squares = {c: sweep.sums[c].pow(2).sum((0, 1)) for c in COMPONENTS}
+        totals.squares = squares if totals.squares is None else {
+            c: totals.squares[c] + squares[c] for c in COMPONENTS}
     finally:
         calls.close()
     totals.clips += batch
@@ -205,13 +223,15 @@ def measure_sensitivity(
     text_side: str | None = None,
     levels: Mapping[str, Sequence[float]] = DEFAULT_LEVELS,
     groups: int | None = None,
-    probes: int = 1,
+    probes: int = DEFAULT_PROBES,
+    probe_seed: int | None = None,
 ) -> DamageTable:
     """Predicted output error of every unit and level, over every clip of ``trajectories``.
 
     ``groups`` merges refresh windows into that many step groups (None: one per window).
-    ``probes`` random vectors per clip (each one more backward sweep) lower the estimate's
-    noise. See the module docs for what is measured; ``meta["plain_run_seconds"]`` is the
+    ``probes`` random output directions per clip (each one more backward pass per step; the
+    forward and the attention errors are shared) lower the estimate's noise; ``probe_seed`` seeds them (default: the reduction's seed). See the module docs for
+    what is measured; ``meta["plain_run_seconds"]`` is the
     time of the plain runs alone (the unit of the cost).
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
@@ -223,7 +243,7 @@ def measure_sensitivity(
     group_of = [g for g, rng in enumerate(steps_groups) for _ in rng]
     measured = {c: distinct_levels(levels[c], reduction) for c in COMPONENTS}
     span = VideoSpan(reduction.num_video, text_tokens, text_side)
-    generator = torch.Generator().manual_seed(reduction.seed)
+    generator = torch.Generator().manual_seed(reduction.seed if probe_seed is None else probe_seed)
     totals = _Totals()
     for trajectory in trajectories:
         if trajectory.num_steps != num_steps:
