@@ -552,7 +552,7 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", type=int, default=None,
                    help="random output directions per clip for sensitivity (default 4; each adds "
                    "about 2 baseline-length runs, fewer make noisier schedules)")
-    p.add_argument("--batch", type=int, default=4, help="clips per run of the small model (default 4)")
+    p.add_argument("--batch", type=int, default=8, help="clips per run of the small model (default 8)")
     p.add_argument("--stride", type=_parse_stride, default=None,
                    help="partition t,h,w (default: the model family's, e.g. 6,2,2 for HunyuanVideo)")
     p.add_argument("--cache-interval", type=int, default=None,

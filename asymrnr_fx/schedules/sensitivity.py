@@ -9,8 +9,9 @@ order, from two things measured on the baseline model:
   matching at the window's first step, reused for the rest of it);
 * how an error at that site and step reaches the final output: ``g = J^T u``, the gradient
   of ``u . output`` with respect to the site's attention output, for a random Gaussian
-  ``u`` per clip. ``E[(g . e)^2] = |J e|^2`` (Hutchinson), so one backward sweep through the
-  sampling chain prices every unit and level at once.
+  ``u`` per clip (a *probe*). ``E[(g . e)^2] = |J e|^2`` (Hutchinson), so one backward sweep
+  through the sampling chain prices every unit and level at once; the mean over clips and
+  probes is the estimate.
 
 Errors of one unit add up over the steps of its group before squaring (the same indices cut
 every step of a window, so their errors are correlated); units are taken as independent.
@@ -230,9 +231,9 @@ def measure_sensitivity(
 
     ``groups`` merges refresh windows into that many step groups (None: one per window).
     ``probes`` random output directions per clip (each one more backward pass per step; the
-    forward and the attention errors are shared) lower the estimate's noise; ``probe_seed`` seeds them (default: the reduction's seed). See the module docs for
-    what is measured; ``meta["plain_run_seconds"]`` is the
-    time of the plain runs alone (the unit of the cost).
+    forward and the attention errors are shared) lower the estimate's noise (see
+    :data:`DEFAULT_PROBES`); ``probe_seed`` seeds them (default: the reduction's seed).
+    ``meta["plain_run_seconds"]`` is the time of the plain runs alone (the unit of the cost).
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes={probes!r} is invalid: a positive int")
