@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -269,51 +270,68 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- calibrate
-def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
-    """Model, sampling callable and token layout for ``asymrnr calibrate``."""
+@dataclass
+class _CalibrationSetup:
+    """What ``asymrnr calibrate`` measures: the model, its runs and its token layout."""
+
+    model: Any
+    runs: list[Any]  # Trajectory objects (replayable) or sample(set_step) callables
+    grid: tuple[int, int, int]
+    text_side: str | None
+    stride: tuple[int, int, int]
+    cache_interval: int
+    name: str
+    clips: list[tuple[str, int]] = field(default_factory=list)
+    text_tokens: int | None = None
+    replayable: bool = True  # runs are Trajectory objects: output sensitivity works
+    data_range: float | None = None  # the output's value range, for a predicted PSNR
+
+
+def _calibration_clips(args: argparse.Namespace, prompts: Sequence[str]) -> list[tuple[str, int]]:
+    """(prompt, seed) per clip: every prompt ``--seeds`` times, seeds counted from ``--seed``."""
+    prompts = list(args.prompt or prompts)
+    rounds = [p for _ in range(args.seeds) for p in prompts]
+    return [(p, args.seed + n) for n, p in enumerate(rounds)]
+
+
+def _tiny_setup(args: argparse.Namespace) -> _CalibrationSetup:
+    from .models import family_of
+    from .schedules.trajectory import EulerTrajectory
+    from .tiny_models import TINY_MODELS, build_tiny
+
+    name = args.model[len(TINY_PREFIX):]
+    if name not in TINY_MODELS:
+        raise CLIError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}", 2)
+    tiny = build_tiny(name, batch=1, seed=args.seed)
+    family = family_of(tiny.model)
+    return _CalibrationSetup(tiny.model, [EulerTrajectory(tiny.model, tiny.inputs, args.steps)],
+                             tiny.grid, family.text_side, family.stride, family.cache_interval,
+                             f"tiny-{name}")
+
+
+def _small_setup(args: argparse.Namespace) -> _CalibrationSetup:
+    from .models import family_of
+    from .small import sampling
+    from .small.data import TEXT_TOKENS
+    from .small.protocol import CALIBRATION
+
+    model, geometry = _load_small_model(args)
+    try:
+        clips = _calibration_clips(args, CALIBRATION.prompts)
+        batches = [clips[i:i + args.batch] for i in range(0, len(clips), args.batch)]
+        runs = [sampling.FlowTrajectory(model, [p for p, _ in b], [s for _, s in b], steps=args.steps,
+                                        geometry=geometry) for b in batches]
+    except ValueError as exc:  # a prompt outside the small model's grammar
+        raise CLIError(_one_line(exc), 2) from None
+    family = family_of(model)
+    return _CalibrationSetup(model, runs, sampling.token_grid(model), "before", family.stride,
+                             family.cache_interval, "shapes-cogvideox", clips, TEXT_TOKENS,
+                             data_range=2.0)
+
+
+def _pipeline_sample(pipe: Any, args: argparse.Namespace, prompt: str, seed: int, device: str):  # noqa: ANN202
+    """A ``sample(set_step)`` callable: one pipeline run that tells its steps."""
     import torch
-
-    from .models import FAMILIES, family_of, pipeline_grid
-
-    if args.model.startswith(TINY_PREFIX):
-        from .schedules.calibrate import simple_sampler
-        from .tiny_models import TINY_MODELS, build_tiny
-
-        name = args.model[len(TINY_PREFIX):]
-        if name not in TINY_MODELS:
-            raise CLIError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}", 2)
-        tiny = build_tiny(name, batch=1, seed=args.seed)
-        family = family_of(tiny.model)
-        return {"model": tiny.model, "sample": simple_sampler(tiny.model, tiny.inputs, args.steps),
-                "grid": tiny.grid, "text_side": family.text_side, "stride": family.stride,
-                "name": f"tiny-{name}"}
-    if args.model in SMALL_NAMES:
-        from .small import sampling
-        from .small.data import TEXT_TOKENS
-        from .small.demo import DEFAULT_PROMPTS
-
-        model, geometry = _load_small_model(args)
-        grid = sampling.token_grid(model)
-        prompts = args.prompt or list(DEFAULT_PROMPTS)
-        seeds = [args.seed + i for i in range(len(prompts))]
-
-        def sample(set_step: Callable[[int], None]) -> None:
-            sampling.generate(model, prompts, seeds, steps=args.steps, geometry=geometry,
-                              progress=True, desc="calibration run")
-
-        return {"model": model, "sample": sample, "grid": grid, "text_side": "before",
-                "text_tokens": TEXT_TOKENS, "name": "shapes-cogvideox"}
-    if not args.prompt:
-        raise CLIError("--prompt is required to calibrate a diffusers pipeline", 2)
-    if None in (args.height, args.width, args.frames):
-        raise CLIError("--height, --width and --frames are required for a diffusers pipeline", 2)
-    device, dtype = _device_dtype(args.cpu)
-    pipe = _load_pipeline(args.model, args.download, device, dtype)
-    family = family_of(pipe.transformer)
-    if family is None:
-        known = ", ".join(c for f in FAMILIES for c in f.classes)
-        raise CLIError(f"calibration does not know the token layout of "
-                       f"{type(pipe.transformer).__name__}; supported: {known}")
 
     def sample(set_step: Callable[[int], None]) -> None:
         def on_step_end(pipeline, i, t, callback_kwargs):  # noqa: ANN001, ANN202
@@ -321,14 +339,45 @@ def _calibration_setup(args: argparse.Namespace) -> dict[str, Any]:
             return {}
 
         set_step(0)
-        pipe(**{"prompt": args.prompt[0], "num_inference_steps": args.steps,
-                "height": args.height, "width": args.width, "num_frames": args.frames,
-                "callback_on_step_end": on_step_end, "output_type": "latent",
-                "generator": torch.Generator(device).manual_seed(args.seed), **dict(args.arg)})
+        pipe(**{"prompt": prompt, "num_inference_steps": args.steps, "height": args.height,
+                "width": args.width, "num_frames": args.frames, "callback_on_step_end": on_step_end,
+                "output_type": "latent", "generator": torch.Generator(device).manual_seed(seed),
+                **dict(args.arg)})
 
-    return {"model": pipe.transformer, "sample": sample,
-            "grid": pipeline_grid(pipe, args.height, args.width, args.frames),
-            "text_side": family.text_side, "stride": family.stride, "name": args.model}
+    return sample
+
+
+def _pipeline_setup(args: argparse.Namespace) -> _CalibrationSetup:
+    from .models import FAMILIES, family_of, pipeline_grid
+    from .schedules.prompts import CALIBRATION_PROMPTS
+
+    if None in (args.height, args.width, args.frames):
+        raise CLIError("--height, --width and --frames are required for a diffusers pipeline", 2)
+    if args.method == "sensitivity":
+        raise CLIError("--method sensitivity replays single sampling steps, which a diffusers "
+                       "pipeline does not expose: use --method redundancy, or calibrate from "
+                       "Python with a Trajectory (see asymrnr_fx.schedules.trajectory)", 2)
+    device, dtype = _device_dtype(args.cpu)
+    pipe = _load_pipeline(args.model, args.download, device, dtype)
+    family = family_of(pipe.transformer)
+    if family is None:
+        known = ", ".join(c for f in FAMILIES for c in f.classes)
+        raise CLIError(f"calibration does not know the token layout of "
+                       f"{type(pipe.transformer).__name__}; supported: {known}")
+    clips = _calibration_clips(args, CALIBRATION_PROMPTS)
+    runs = [_pipeline_sample(pipe, args, prompt, seed, device) for prompt, seed in clips]
+    return _CalibrationSetup(pipe.transformer, runs, pipeline_grid(pipe, args.height, args.width, args.frames),
+                             family.text_side, family.stride, family.cache_interval, args.model,
+                             clips, replayable=False)
+
+
+def _calibration_setup(args: argparse.Namespace) -> _CalibrationSetup:
+    """Model, runs and token layout for ``asymrnr calibrate``."""
+    if args.model.startswith(TINY_PREFIX):
+        return _tiny_setup(args)
+    if args.model in SMALL_NAMES:
+        return _small_setup(args)
+    return _pipeline_setup(args)
 
 
 def _parse_stride(text: str) -> tuple[int, int, int]:
@@ -341,33 +390,89 @@ def _parse_stride(text: str) -> tuple[int, int, int]:
     return stride  # type: ignore[return-value]
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .schedules.calibrate import calibrate
-    from .schedules.viz import format_schedule
-
+def _check_calibrate_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.target < 1.0:
         raise CLIError(f"--target {args.target} is out of range [0, 1)", 2)
-    if args.steps < 1:
-        raise CLIError(f"--steps {args.steps} is invalid: a positive int", 2)
-    out = Path(args.out)
+    for flag in ("steps", "seeds", "probes", "batch"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"--{flag} {value} is invalid: a positive int", 2)
+    if args.measurement is None and args.steps is None:
+        raise CLIError("--steps is required (the denoising steps of the calibration runs)", 2)
+
+
+def _measure(args: argparse.Namespace):  # noqa: ANN202
+    """Run the model on the calibration clips: the damage table (and the setup's extras)."""
+    from .schedules.calibrate import measure
+    from .schedules.damage import Reduction
+    from .schedules.sensitivity import DEFAULT_PROBES
+
     setup = _calibration_setup(args)
-    start = time.perf_counter()
-    result = calibrate(
-        setup["model"], setup["sample"], target_flops_cut=args.target, grid=setup["grid"],
-        steps=args.steps, text_tokens=setup.get("text_tokens"), text_side=setup["text_side"],
-        stride=args.stride or setup.get("stride", (2, 2, 2)), seed=args.seed, priors=not args.no_priors,
-        step_groups=args.step_groups, name=f"{setup['name']}-cut{args.target:g}",
-    )
-    seconds = time.perf_counter() - start
+    method = args.method or ("sensitivity" if setup.replayable else "redundancy")
+    reduction = Reduction(tuple(setup.grid), args.stride or setup.stride, args.seed, "l2",
+                          args.cache_interval or setup.cache_interval)
+    table = measure(setup.model, setup.runs, reduction, method=method, steps=args.steps,
+                    text_tokens=setup.text_tokens, text_side=setup.text_side,
+                    step_groups=args.step_groups, priors=not args.no_priors,
+                    probes=args.probes or DEFAULT_PROBES)
+    meta = dict(table.meta or {})
+    meta.update({"model": args.model, "clips": [list(c) for c in setup.clips],
+                 "data_range": setup.data_range, "name": setup.name})
+    return replace(table, meta=meta)
+
+
+def _load_measurement(path: str):  # noqa: ANN202
+    from .schedules.damage import DamageTable
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return DamageTable.from_dict(json.load(f))
+    except OSError as exc:
+        raise CLIError(f"cannot read --measurement {path!r}: {exc.strerror or exc}", 2) from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise CLIError(f"--measurement {path!r}: {_one_line(exc)}", 2) from None
+
+
+def _calibration_cost(table: Any) -> str:
+    """One line: what the measurement cost, in seconds and in plain runs of its clips."""
+    meta = table.meta or {}
+    seconds, plain = meta.get("seconds"), meta.get("plain_run_seconds")
+    if seconds is None:
+        return "calibration cost: not recorded"
+    line = f"calibration cost: {seconds:.1f} s measuring {table.clips} clip(s) ({table.method})"
+    if plain:
+        line += (f" = {seconds / plain:.1f} baseline-length runs (one plain run of those clips "
+                 f"took {plain:.1f} s)")
+    return line
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .schedules.calibrate import fit, predicted_psnr
+    from .schedules.viz import format_schedule
+
+    _check_calibrate_args(args)
+    out = Path(args.out)
+    table = _load_measurement(args.measurement) if args.measurement else _measure(args)
+    name = (table.meta or {}).get("name") or "calibrated"
+    result = fit(table, args.target, name=f"{name}-cut{args.target:g}")
     out.parent.mkdir(parents=True, exist_ok=True)
     result.schedule.save(out)
-    stats_path = out.with_suffix(".stats.json")
-    stats = {**result.stats, "model": args.model, "seconds": seconds}
-    stats_path.write_text(json.dumps(stats, indent=1) + "\n")
+    stats_path, table_path = out.with_suffix(".stats.json"), out.with_suffix(".measurement.json")
+    stats_path.write_text(json.dumps({**result.stats, "model": (table.meta or {}).get("model")},
+                                     indent=1) + "\n")
+    if not args.measurement:
+        table_path.write_text(json.dumps(table.to_dict()) + "\n")
     print(format_schedule(result.schedule))
-    print(f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
-          f"(target {100 * args.target:.2f}%); calibration took {seconds:.1f} s")
-    print(f"wrote {out} and {stats_path}")
+    line = (f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
+            f"(target {100 * args.target:.2f}%)")
+    data_range = (table.meta or {}).get("data_range")
+    if "predicted_output_mse" in result.stats and data_range:
+        line += (f"; predicted PSNR {predicted_psnr(result.stats['predicted_output_mse'], data_range):.1f} dB "
+                 "on the calibration clips (first order; measured PSNR is usually 1-3 dB lower)")
+    print(line)
+    print(_calibration_cost(table))
+    print(f"wrote {out} and {stats_path}" + ("" if args.measurement else
+          f"; refit other targets without running the model: --measurement {table_path}"))
     return 0
 
 
@@ -428,17 +533,35 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
     p.add_argument("--target", type=float, required=True,
-                   help="share of attention FLOPs to remove, e.g. 0.3")
-    p.add_argument("--steps", type=int, required=True, help="denoising steps of the run")
-    p.add_argument("--out", required=True, help="schedule JSON to write (stats go beside it)")
-    p.add_argument("--prompt", nargs="+", help="prompt(s) of the calibration run")
-    p.add_argument("--seed", type=int, default=0)
+                   help="share of attention FLOPs to remove, e.g. 0.5")
+    p.add_argument("--steps", type=int, help="denoising steps of the runs (required unless --measurement)")
+    p.add_argument("--out", required=True,
+                   help="schedule JSON to write (stats and the measurement go beside it)")
+    p.add_argument("--method", choices=("sensitivity", "redundancy"), default=None,
+                   help="what to measure: the final output's sensitivity to each cut (default "
+                   "where the sampler replays steps: the small and tiny models) or token "
+                   "redundancy with priors (default for diffusers pipelines)")
+    p.add_argument("--prompt", nargs="+", action="extend",
+                   help="calibration prompt(s) (default: the small model's calibration set, or "
+                   "8 varied prompts for a text-to-video pipeline; see the README)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first seed (clips count up from it) and the partition seed")
+    p.add_argument("--measurement", default=None,
+                   help="refit a saved measurement (OUT.measurement.json) at --target: no model run")
+    p.add_argument("--probes", type=int, default=None,
+                   help="random output directions per clip for sensitivity (default 4; each adds "
+                   "about 2 baseline-length runs, fewer make noisier schedules)")
+    p.add_argument("--batch", type=int, default=8, help="clips per run of the small model (default 8)")
     p.add_argument("--stride", type=_parse_stride, default=None,
                    help="partition t,h,w (default: the model family's, e.g. 6,2,2 for HunyuanVideo)")
+    p.add_argument("--cache-interval", type=int, default=None,
+                   help="re-match every k steps (default: the model family's, e.g. 5 for CogVideoX)")
     p.add_argument("--step-groups", type=int, default=None,
-                   help="steps share ratios in this many groups (default 5): one graph each")
+                   help="merge refresh windows into this many groups that share ratios "
+                   "(default: one group per window)")
     p.add_argument("--no-priors", action="store_true",
-                   help="measured redundancy only (no Q / shallow-layer / early-step caution)")
+                   help="redundancy only: no Q / shallow-layer / early-step weighting")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--frames", type=int)

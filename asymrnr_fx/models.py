@@ -46,6 +46,13 @@ class ModelFamily:
 
         return SHIPPED_PLANS.get(self.name)
 
+    @property
+    def cache_interval(self) -> int:
+        """The reference's matching cache interval for this family (the preset's)."""
+        from .schedules.presets import PRESETS
+
+        return PRESETS[self.preset].cache_interval if self.preset else 5
+
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("cogvideox", ("CogVideoXTransformer3DModel", "ConsisIDTransformer3DModel"), "before", 1,

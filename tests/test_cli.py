@@ -78,6 +78,11 @@ def test_show_bad_files(tmp_path, capsys) -> None:
      "nope"),
     (["calibrate", "--model", "tiny:cogvideox", "--target", "0.3", "--steps", "2",
       "--out", "s.json", "--stride", "2,2"], "2,2"),
+    (["calibrate", "--model", "tiny:cogvideox", "--target", "0.3", "--steps", "2",
+      "--out", "s.json", "--seeds", "0"], "--seeds 0"),
+    (["calibrate", "--model", "tiny:cogvideox", "--target", "0.3", "--out", "s.json"], "--steps"),
+    (["calibrate", "--model", "small", "--target", "0.3", "--out", "s.json",
+      "--measurement", "missing.json"], "missing.json"),
     (["generate", "--model", "small", "--schedule", "nope.json"], "nope.json"),
 ])
 def test_bad_usage(argv, needle, capsys) -> None:
@@ -101,17 +106,43 @@ def test_generate_missing_model_fails_offline(capsys, no_network) -> None:
 def test_calibrate_then_show(tmp_path, capsys) -> None:
     out = tmp_path / "cal" / "schedule.json"
     argv = ["calibrate", "--model", "tiny:cogvideox", "--target", "0.25", "--steps", "4",
-            "--out", str(out), "--step-groups", "2"]
+            "--out", str(out), "--cache-interval", "2", "--probes", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "attention FLOPs removed" in printed
+    assert "calibration cost:" in printed and "baseline-length runs" in printed
     sched = Schedule.load(out)
     assert (sched.num_layers, sched.num_steps) == (2, 4)
-    assert len(sched.distinct_phases()) <= 2
+    assert len(sched.distinct_phases()) <= 2  # one per refresh window
+    assert sched.meta["method"] == "sensitivity" and sched.meta["cache_interval"] == 2
     stats = json.loads(out.with_suffix(".stats.json").read_text())
     assert stats["achieved_flops_cut"] >= 0.25 and stats["model"] == "tiny:cogvideox"
     assert main(["show", str(out)]) == 0
     assert out.with_suffix(".png").stat().st_size > 500
+    # A saved measurement refits at another target without running the model.
+    capsys.readouterr()
+    refit = tmp_path / "refit.json"
+    assert main(["calibrate", "--model", "tiny:cogvideox", "--target", "0.5", "--out", str(refit),
+                 "--measurement", str(out.with_suffix(".measurement.json"))]) == 0
+    assert "calibration cost:" in capsys.readouterr().out
+    higher = Schedule.load(refit)
+    for comp in ("q", "kv"):  # a higher target never lowers a ratio
+        assert all(a <= b for ra, rb in zip(getattr(sched, comp), getattr(higher, comp), strict=True)
+                   for a, b in zip(ra, rb, strict=True))
+
+
+def test_calibrate_small_model_prompts(tmp_path, capsys) -> None:
+    out = tmp_path / "small.json"
+    assert main(["calibrate", "--model", "small", "--target", "0.4", "--steps", "2", "--out", str(out),
+                 "--prompt", "red circle right", "blue square orbit", "--threads", "1",
+                 "--probes", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted PSNR" in printed and "measuring 2 clip(s) (sensitivity)" in printed
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert stats["measurement"]["clips"] == [["red circle right", 0], ["blue square orbit", 1]]
+    assert main(["calibrate", "--model", "small", "--target", "0.4", "--steps", "2", "--out", str(out),
+                 "--prompt", "a cat"]) == 2
+    assert "names no shape" in _one_line_error(capsys)
 
 
 def test_demo_options_are_the_demos(capsys) -> None:
@@ -178,6 +209,11 @@ def test_pipeline_folder_calibrate_then_generate(tmp_path, capsys, no_network) -
     assert main(["calibrate", "--model", str(folder), "--prompt", "a red cat", "--target", "0.3",
                  "--out", str(sched), *size]) == 0
     assert Schedule.load(sched).num_layers == 2  # the tiny transformer's two sites
+    assert Schedule.load(sched).meta["method"] == "redundancy"  # a pipeline cannot replay steps
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(folder), "--prompt", "a red cat", "--target", "0.3",
+                 "--out", str(sched), "--method", "sensitivity", *size]) == 2
+    assert "--method redundancy" in _one_line_error(capsys)
     capsys.readouterr()
     gif = tmp_path / "v.gif"
     assert main(["generate", "--model", str(folder), "--prompt", "a red cat", "--schedule",

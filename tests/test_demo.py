@@ -45,3 +45,15 @@ def test_bad_prompt_is_a_usage_error(tmp_path, capsys) -> None:
     assert "motion" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["--steps", "many"])
+
+
+def test_default_prompts_are_reported_in_sample_and_held_out() -> None:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    prompts, seeds, sets = demo._check_prompts(parser.parse_args([]))
+    assert sets == ["in-sample"] * 4 + ["held-out"] * 4
+    assert prompts[:4] == list(demo.DEFAULT_PROMPTS) and seeds[:4] == [0, 1, 2, 3]
+    assert not set(prompts[4:]) & set(prompts[:4]) and min(seeds[4:]) >= 10
+    assert demo._check_prompts(parser.parse_args(["--held-out", "0"]))[2] == ["in-sample"] * 4
+    assert demo._check_prompts(parser.parse_args(["--prompts", "red circle right"]))[2] == ["yours"]
+    assert "--held-out 9" in demo._check_prompts(parser.parse_args(["--held-out", "9"]))

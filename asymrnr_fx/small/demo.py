@@ -23,14 +23,12 @@ from typing import Any
 
 import torch
 
+from .protocol import CALIBRATION, HELD_OUT
+
 __all__ = ["DEFAULT_PROMPTS", "demo_config", "add_arguments", "main", "run_method"]
 
-DEFAULT_PROMPTS = (
-    "red circle right stripes still",
-    "blue square orbit checker still",
-    "yellow triangle down gradient pan-left",
-    "green circle zoom stripes pan-right",
-)
+DEFAULT_PROMPTS = CALIBRATION.prompts[:4]
+"""The demo's prompts (seeds 0-3): the calibration set's, on which the demo schedule was probed."""
 
 # The small model's sites: 6 layers, one joint text+video SDPA each. Measured on it (K/V cut
 # 0.8 in one layer at a time, 20 steps, 4 prompts, PSNR vs the full model): layer 0 is by far
@@ -62,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts: a shape, a colour and a motion, optionally a background and a pan")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="one seed per prompt (default 0, 1, 2, ...)")
+    parser.add_argument("--held-out", type=int, default=4,
+                        help="with the default prompts, also sample this many clips of the held-out "
+                        "set (prompts no schedule was fitted on) and report them apart (default 4)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--kv-ratio", type=float, default=None,
                         help="uniform K/V ratio instead of the default schedule")
@@ -140,25 +141,47 @@ def run_method(
     return {"clips": torch.stack(clips), "seconds": seconds, "first_run_seconds": first}
 
 
-def _check_prompts(args: argparse.Namespace) -> tuple[list[str], list[int]] | str:
-    """The prompts and one seed each, or what is wrong with them."""
+def _check_prompts(args: argparse.Namespace) -> tuple[list[str], list[int], list[str]] | str:
+    """The prompts, one seed each and which set each clip belongs to, or what is wrong."""
     from .data import parse_prompt
 
     prompts = list(args.prompts)
     seeds = list(args.seeds) if args.seeds else list(range(len(prompts)))
     if len(seeds) != len(prompts):
         return f"{len(prompts)} prompts but {len(seeds)} seeds"
+    if not 0 <= args.held_out <= len(HELD_OUT):
+        return f"--held-out {args.held_out} is out of range [0, {len(HELD_OUT)}]"
     try:
         for prompt in prompts:
             parse_prompt(prompt)
     except ValueError as exc:
         return str(exc)
-    return prompts, seeds
+    if prompts != list(DEFAULT_PROMPTS) or args.seeds:
+        return prompts, seeds, ["yours"] * len(prompts)
+    # The default prompts are in-sample for the default schedule: held-out clips beside them.
+    extra = args.held_out
+    return (prompts + list(HELD_OUT.prompts[:extra]), seeds + list(HELD_OUT.seeds[:extra]),
+            ["in-sample"] * len(prompts) + ["held-out"] * extra)
 
 
-def _report(prompts: Sequence[str], seeds: Sequence[int], base: dict, asym: dict,
-            saved: float, inner: str) -> tuple[list[float], list[float]]:
-    """Print the per-clip table (time, speedup, FLOPs saved, PSNR, SSIM); return PSNR, SSIM."""
+def _summary_rows(labels: Sequence[str], base: dict, asym: dict, saved: float,
+                  p: list[float], s: list[float]) -> list[list[str]]:
+    """One "all" row per set of clips: total times, mean PSNR and SSIM, the worst clip."""
+    rows = []
+    for label in dict.fromkeys(labels):
+        idx = [i for i, lab in enumerate(labels) if lab == label]
+        tb, ta = sum(base["seconds"][i] for i in idx), sum(asym["seconds"][i] for i in idx)
+        mean_p, worst = sum(p[i] for i in idx) / len(idx), min(p[i] for i in idx)
+        rows.append([f"all ({len(idx)} clips)", "", label, f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
+                     f"{saved:.1f}%", f"{mean_p:.2f} (worst {worst:.2f})",
+                     f"{sum(s[i] for i in idx) / len(idx):.4f}"])
+    return rows
+
+
+def _report(prompts: Sequence[str], seeds: Sequence[int], labels: Sequence[str], base: dict,
+            asym: dict, saved: float, inner: str) -> tuple[list[float], list[float]]:
+    """Print the per-clip table (set, time, speedup, FLOPs saved, PSNR, SSIM) and one summary
+    row per set; return PSNR, SSIM."""
     from tabulate import tabulate
 
     from .metrics import psnr, ssim
@@ -168,12 +191,10 @@ def _report(prompts: Sequence[str], seeds: Sequence[int], base: dict, asym: dict
     rows = []
     for i, prompt in enumerate(prompts):
         tb, ta = base["seconds"][i], asym["seconds"][i]
-        rows.append([prompt, seeds[i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
+        rows.append([prompt, seeds[i], labels[i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
                      f"{saved:.1f}%", f"{p[i]:.2f}", f"{s[i]:.4f}"])
-    tb, ta = sum(base["seconds"]), sum(asym["seconds"])
-    rows.append(["all", "", f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x", f"{saved:.1f}%",
-                 f"{sum(p) / len(p):.2f}", f"{sum(s) / len(s):.4f}"])
-    headers = ["prompt", "seed", f"{inner} s", "asymrnr s", "speedup", "attn FLOPs saved",
+    rows += _summary_rows(labels, base, asym, saved, p, s)
+    headers = ["prompt", "seed", "set", f"{inner} s", "asymrnr s", "speedup", "attn FLOPs saved",
                "PSNR dB", "SSIM"]
     print()
     print(tabulate(rows, headers=headers, tablefmt="github"))
@@ -194,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(checked, str):
         print(f"error: {checked}", file=sys.stderr)
         return 2
-    prompts, seeds = checked
+    prompts, seeds, labels = checked
     model = load_small_model(args.weights)
     geometry, grid, num_layers = clip_geometry(model), token_grid(model), model.config.num_layers
     config = _config_from_args(args, num_layers)
@@ -214,7 +235,7 @@ def main(args: argparse.Namespace) -> int:
     asym = run_method("asymrnr", torch.compile(model, backend=compiler), prompts, seeds,
                       args.steps, geometry, before_each=compiler.state.reset)
     stats = dict(compiler.state.stats)
-    p, s = _report(prompts, seeds, base, asym, 100 * (1 - cost), args.inner)
+    p, s = _report(prompts, seeds, labels, base, asym, 100 * (1 - cost), args.inner)
     print(f"\nfirst run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
           f"asymrnr {asym['first_run_seconds']:.1f} s; asymrnr stats: {stats}")
 
@@ -223,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
     rows_gif = [[b, a, ((a - b) * 4).clamp(-1, 1)] for b, a in zip(base["clips"], asym["clips"], strict=True)]
     gif = save_gif(rows_gif, out / "demo.gif")
     result = {
-        "prompts": prompts, "seeds": seeds, "steps": args.steps, "config": repr(config),
+        "prompts": prompts, "seeds": seeds, "sets": labels, "steps": args.steps, "config": repr(config),
         "baseline": args.inner, "baseline_seconds": base["seconds"], "asymrnr_seconds": asym["seconds"],
         "baseline_first_run_seconds": base["first_run_seconds"],
         "asymrnr_first_run_seconds": asym["first_run_seconds"],

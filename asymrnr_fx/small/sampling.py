@@ -27,6 +27,7 @@ __all__ = [
     "clip_geometry",
     "token_grid",
     "make_scheduler",
+    "FlowTrajectory",
     "generate",
     "to_uint8",
     "save_gif",
@@ -70,6 +71,68 @@ def _as_condition(item: Condition | str) -> Condition:
     return item if isinstance(item, Condition) else parse_prompt(item)
 
 
+class FlowTrajectory:
+    """One batch of clips sampled step by step: a
+    :class:`~asymrnr_fx.schedules.trajectory.Trajectory` (calibration replays its steps with
+    gradients; :func:`generate` runs it).
+
+    Each step calls ``model`` once (CFG in one batch), turns the clean-clip prediction into
+    a velocity and takes the flow-matching Euler step of diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` (its arithmetic, without its step counter, so a step
+    can be replayed).
+    """
+
+    def __init__(self, model: torch.nn.Module, conditions: Sequence[Condition | str],
+                 seeds: Sequence[int], *, steps: int = 20, guidance_scale: float = 1.0,
+                 shift: float = 1.0, geometry: tuple[int, int, int, int] | None = None) -> None:
+        self.conditions = [_as_condition(c) for c in conditions]
+        if len(self.conditions) != len(seeds):
+            raise ValueError(f"{len(self.conditions)} conditions but {len(seeds)} seeds: "
+                             "give one seed per clip")
+        self.model = model
+        self.seeds = [int(s) for s in seeds]
+        self.num_steps = steps
+        self.guidance_scale = guidance_scale
+        self.geometry = geometry or clip_geometry(model)
+        scheduler = make_scheduler(steps, shift)
+        self.timesteps = scheduler.timesteps
+        self.sigmas = scheduler.sigmas
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        text = encode_condition(self.conditions)
+        if guidance_scale != 1.0:  # CFG in one batch: [conditional; unconditional]
+            text = torch.cat([text, encode_condition([None] * len(self.conditions))])
+        self.text = text
+
+    def start(self) -> torch.Tensor:
+        """The starting noise: each clip's depends on its seed only."""
+        frames, channels, height, width = self.geometry
+        return torch.stack([
+            torch.randn(frames, channels, height, width, generator=torch.Generator().manual_seed(s))
+            for s in self.seeds
+        ])
+
+    def step(self, index: int, latent: torch.Tensor) -> torch.Tensor:
+        t = self.timesteps[index]
+        cfg = self.guidance_scale != 1.0
+        model_in = torch.cat([latent, latent]) if cfg else latent
+        timestep = t.to(torch.float32).expand(model_in.shape[0])
+        # Inside the model's diffusers cache_context, as diffusers pipelines call it.
+        context = getattr(self.model, "cache_context", None)
+        with context("cond_uncond") if context is not None else contextlib.nullcontext():
+            x0 = self.model(hidden_states=model_in, encoder_hidden_states=self.text, timestep=timestep,
+                            return_dict=False)[0]
+        if cfg:
+            cond_x0, uncond_x0 = x0.chunk(2)
+            x0 = uncond_x0 + self.guidance_scale * (cond_x0 - uncond_x0)
+        # The model predicts the clean clip; the scheduler integrates the velocity.
+        sigma = float(t) / self.num_train_timesteps
+        velocity = (latent - x0) / max(sigma, 1e-3)
+        return latent.to(torch.float32) + (self.sigmas[index + 1] - self.sigmas[index]) * velocity
+
+    def finish(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.clamp(-1, 1)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -104,38 +167,14 @@ def generate(
     Returns:
         ``(B, frames, channels, height, width)`` float32 clips clamped to ``[-1, 1]``.
     """
-    conds = [_as_condition(c) for c in conditions]
-    if len(conds) != len(seeds):
-        raise ValueError(f"{len(conds)} conditions but {len(seeds)} seeds: give one seed per clip")
-    frames, channels, height, width = geometry or clip_geometry(model)
-    latents = torch.stack(
-        [
-            torch.randn(frames, channels, height, width, generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds
-        ]
-    )
-    text = encode_condition(conds)
-    cfg = guidance_scale != 1.0
-    if cfg:  # CFG in one batch: [conditional; unconditional]
-        text = torch.cat([text, encode_condition([None] * len(conds))])
-    scheduler = make_scheduler(steps, shift)
-    context = getattr(model, "cache_context", None)
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False)):
+    trajectory = FlowTrajectory(model, conditions, seeds, steps=steps, guidance_scale=guidance_scale,
+                                shift=shift, geometry=geometry)
+    latent = trajectory.start()
+    for index in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         if on_step is not None:
-            on_step(i, float(t))
-        model_in = torch.cat([latents, latents]) if cfg else latents
-        timestep = t.to(torch.float32).expand(model_in.shape[0])
-        with context("cond_uncond") if context is not None else contextlib.nullcontext():
-            x0 = model(hidden_states=model_in, encoder_hidden_states=text, timestep=timestep,
-                       return_dict=False)[0]
-        if cfg:
-            cond_x0, uncond_x0 = x0.chunk(2)
-            x0 = uncond_x0 + guidance_scale * (cond_x0 - uncond_x0)
-        # The model predicts the clean clip; the scheduler integrates the velocity.
-        sigma = float(t) / scheduler.config.num_train_timesteps
-        velocity = (latents - x0) / max(sigma, 1e-3)
-        latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-    return latents.clamp(-1, 1)
+            on_step(index, float(trajectory.timesteps[index]))
+        latent = trajectory.step(index, latent)
+    return trajectory.finish(latent)
 
 
 def to_uint8(clip: torch.Tensor) -> np.ndarray:
