@@ -16,7 +16,7 @@ Transfer: the schedule calibrated on the calibration set against the one calibra
 held-out set itself, both scored on the held-out set. Cost: seconds of each measurement and
 the same in plain baseline-length runs of its clips.
 
-    python benchmarks/calibration.py --threads 1 --out benchmarks/results/calibration.json
+    python -m benchmarks.calibration --threads 1   # tables, JSON, the README's calibration tables
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from asymrnr_fx.small.demo import demo_config
 from asymrnr_fx.small.evaluate import baseline_clips, score
 from asymrnr_fx.small.protocol import CALIBRATION, HELD_OUT, ClipSet
 from asymrnr_fx.small.sampling import FlowTrajectory, load_small_model, token_grid
+from benchmarks.readme import write_section
+
+SECTION = "calibration"
 
 SETS = (CALIBRATION, HELD_OUT)
 # (method, the set it calibrates on): A on the calibration set, and the held-out set's own
@@ -95,19 +98,15 @@ def _cell(scores: dict[str, Any]) -> str:
     return f"{p['mean']:.2f} ± {p['std']:.2f} ({p['min']:.2f})"
 
 
-def print_tables(rows: list[dict[str, Any]], costs: list[dict[str, Any]], demo: dict[str, Any]) -> None:
-    """The in-sample vs held-out table, the transfer check and the calibration cost."""
+def render(document: dict[str, Any]) -> str:
+    """The in-sample vs held-out table, the transfer check and the calibration cost (Markdown)."""
+    rows, costs = document["rows"], document["costs"]
     table = []
-    for r in [*rows, demo]:
+    for r in [*rows, document["demo"]]:
         pred = r.get("predicted_psnr")
         table.append([r["schedule"], r["calibrated_on"], f"{100 * r['flops_removed']:.1f}%",
                       "" if pred is None else f"{pred:.1f}", _cell(r["scores"][CALIBRATION.name]),
                       _cell(r["scores"][HELD_OUT.name]), f"{r['scores'][HELD_OUT.name]['ssim']['mean']:.4f}"])
-    print(tabulate(table, headers=["schedule", "calibrated on", "attn FLOPs removed", "predicted PSNR",
-                                   f"{CALIBRATION.name} set PSNR dB (worst)",
-                                   f"{HELD_OUT.name} set PSNR dB (worst)", "held-out SSIM"],
-                   tablefmt="github"))
-    print()
     transfer = []
     for target in sorted({r["target"] for r in rows}):
         def held_out(on: str, t: float = target) -> float:
@@ -115,13 +114,17 @@ def print_tables(rows: list[dict[str, Any]], costs: list[dict[str, Any]], demo: 
                         if r["method"] == "sensitivity" and r["target"] == t and r["calibrated_on"] == on)
         a, b = held_out(CALIBRATION.name), held_out(HELD_OUT.name)
         transfer.append([f"{target:.0%}", f"{a:.2f}", f"{b:.2f}", f"{a - b:+.2f}"])
-    print(tabulate(transfer, headers=["target", "calibrated on calibration set", "calibrated on held-out set",
-                                      "difference dB"], tablefmt="github"))
-    print()
-    print(tabulate([[c["method"], c["clip_set"], c["clips"], f"{c['seconds']:.0f}", f"{c['baseline_runs']:.1f}"]
-                    for c in costs],
-                   headers=["measurement", "clip set", "clips", "seconds", "baseline-length runs"],
-                   tablefmt="github"))
+    return "\n\n".join([
+        tabulate(table, headers=["schedule", "calibrated on", "attn FLOPs removed", "predicted PSNR",
+                                 f"{CALIBRATION.name} set PSNR dB (worst)",
+                                 f"{HELD_OUT.name} set PSNR dB (worst)", "held-out SSIM"], tablefmt="github"),
+        tabulate(transfer, headers=["target", "calibrated on calibration set", "calibrated on held-out set",
+                                    "difference dB"], tablefmt="github"),
+        tabulate([[c["method"], c["clip_set"], c["clips"], f"{c['seconds']:.0f}", f"{c['baseline_runs']:.1f}"]
+                  for c in costs],
+                 headers=["measurement", "clip set", "clips", "seconds", "baseline-length runs"],
+                 tablefmt="github"),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,15 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     demo = score_row(model, "demo schedule (probe)", CALIBRATION.name, config, baselines, args.steps,
                      {"method": "probe", "target": None,
                       "flops_removed": _flops(config, model, args.steps)})
-    print_tables(rows, costs, demo)
-    out.write_text(json.dumps({
+    document = {
         "model": "asymrnr_fx small CogVideoXTransformer3DModel", "steps": args.steps,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "clip_sets": {c.name: {"prompts": list(c.prompts), "seeds": list(c.seeds)} for c in SETS},
         "baseline_seconds": baseline_seconds, "costs": costs, "rows": rows, "demo": demo,
         "measurements": {f"{m}/{s}": t.to_dict() for (m, s), t in tables.items()},
         "seconds": time.perf_counter() - start,
-    }, indent=1) + "\n")
+    }
+    print(render(document))
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    write_section(SECTION, render(document))
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

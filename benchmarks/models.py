@@ -16,15 +16,14 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-RESULTS = ROOT / "benchmarks" / "results" / "models.json"
-BEGIN, END = "<!-- model-support:begin -->", "<!-- model-support:end -->"
+from .readme import README, ROOT, read_section, write_section
 
-__all__ = ["video_classes", "render_table", "readme_table", "write_readme", "run_all", "main"]
+RESULTS = ROOT / "benchmarks" / "results" / "models.json"
+SECTION = "model-support"
+
+__all__ = ["video_classes", "render_table", "readme_table", "run_all", "main"]
 
 # Video transformers whose name does not say 3-D.
 EXTRA_VIDEO_CLASSES = ("Cosmos3OmniTransformer",)
@@ -113,16 +112,9 @@ def render_table(models: Sequence[dict[str, Any]], pipelines: Sequence[dict[str,
     return "\n".join(lines)
 
 
-def write_readme(table: str, readme: Path = README) -> None:
-    """Replace the text between the model-support markers of the README by ``table``."""
-    text = readme.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    readme.write_text(text[:start] + "\n" + table + "\n" + text[end:])
-
-
-def readme_table(readme: Path = README) -> str:
-    text = readme.read_text()
-    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+def readme_table() -> str:
+    """The README's model-support section as it stands."""
+    return read_section(SECTION)
 
 
 def run_all(only: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -155,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"models": models, "pipelines": pipelines}, indent=1) + "\n")
-        write_readme(table)
+        write_section(SECTION, table)
         print(f"wrote {RESULTS.relative_to(ROOT)} and the table in {README.name}", file=sys.stderr)
     return 0
 

@@ -10,7 +10,7 @@ clips and worst clip). Comparisons between methods are made at equal attention F
   that ``(1 - r)^2`` equals the asymmetric cost);
 * random dropping and a fixed strided cut vs similarity matching;
 * a uniform ratio vs a layer/step schedule at the schedule's cost: the demo's (from a probe)
-  and the calibrated ones in ``benchmarks/results/schedules`` (``benchmarks/calibration.py``
+  and the calibrated ones in ``benchmarks/results/schedules`` (``python -m benchmarks.calibration``
   writes them; rows are skipped when absent);
 * matching cache k = 1, 3, 5; L2 vs cosine distance; matching K/V on V vs on K; merge by
   dropping vs by averaging;
@@ -21,7 +21,7 @@ Then the paper's claims, each as a paired comparison clip by clip: *held* when t
 difference is above two standard errors, *not held* when it is below minus two (the
 opposite holds), *inconclusive* in between.
 
-    python benchmarks/quality.py --threads 1 --out benchmarks/results/quality.json
+    python -m benchmarks.quality --threads 1     # table, JSON, the README's quality tables
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ from asymrnr_fx.small.evaluate import Scores, baseline_clips, paired, score
 from asymrnr_fx.small.metrics import attention_cost
 from asymrnr_fx.small.protocol import CLIP_SETS, HELD_OUT
 from asymrnr_fx.small.sampling import load_small_model, token_grid
+from benchmarks.readme import write_section
+
+SECTION = "quality"
 
 SCHEDULES = Path(__file__).parent / "results" / "schedules"
 
@@ -176,28 +179,34 @@ def main(argv: list[str] | None = None) -> int:
             scores[key] = score(model, config, clips, baseline, args.steps)
         results.append({"group": group, "variant": name, "key": key,
                         "attention_flops_saved": 1 - cost_of(config), **scores[key].to_dict()})
-    print_results(results, claims(results, scores))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    document = {
         "model": "asymrnr_fx small CogVideoXTransformer3DModel", "steps": args.steps,
         "clip_set": args.set, "prompts": list(clips.prompts), "seeds": list(clips.seeds),
         "ratio": args.ratio, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "results": results, "claims": claims(results, scores),
-    }, indent=2) + "\n")
+    }
+    print(render(document))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    if not args.only and args.set == HELD_OUT.name and args.weights is None:
+        write_section(SECTION, render(document))
+        print(f"wrote the README's {SECTION} tables", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
-def print_results(results: list[dict], claim_rows: list[list[str]]) -> None:
+def render(document: dict) -> str:
+    """The ablation table and the claims table (Markdown) from a result document."""
     table = [[r["group"], r["variant"], f"{100 * r['attention_flops_saved']:.1f}%",
               f"{r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f}", f"{r['psnr']['min']:.2f}",
-              f"{r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f}"] for r in results]
-    print(tabulate(table, headers=["comparison", "variant", "attn FLOPs saved", "PSNR dB (mean ± sd)",
-                                   "PSNR worst", "SSIM (mean ± sd)"], tablefmt="github"))
-    print()
-    print(tabulate(claim_rows, headers=["claim", "paired difference (first - second)", "PSNR dB (± se)",
-                                        "clips won", "verdict"], tablefmt="github"))
+              f"{r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f}"] for r in document["results"]]
+    return "\n\n".join([
+        tabulate(table, headers=["comparison", "variant", "attn FLOPs saved", "PSNR dB (mean ± sd)",
+                                 "PSNR worst", "SSIM (mean ± sd)"], tablefmt="github"),
+        tabulate(document["claims"], headers=["claim", "paired difference (first - second)", "PSNR dB (± se)",
+                                              "clips won", "verdict"], tablefmt="github"),
+    ])
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ identical. A row says whether it ran, how many attention sites were rewritten, h
 two outputs are apart, how many graphs Dynamo compiled (against the same combination under a
 plain backend), and whether the steps were counted right.
 
-    python -m tests.compose_matrix            # prints the table, writes JSON beside the README
+    python -m tests.compose_matrix    # prints the table, writes its JSON and the README's table
 
-``tests/test_compose.py`` asserts every row; the README's composition table is this output.
+``tests/test_compose.py`` asserts every row; ``tests/test_readme_tables.py`` checks that the
+README's composition table is what the checked-in JSON renders.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from benchmarks.readme import RESULTS, write_section
+
 from .reference_mode import ReferenceAsymRnR
+
+SECTION = "composition"
 
 STEPS = 6
 KV_RATIO, CACHE_INTERVAL = 0.5, 3
@@ -226,9 +230,10 @@ def main() -> int:
     rows = [run(c) for c in combinations()]
     table = markdown(rows)
     print(table)
-    out = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compose_matrix.json"
+    out = RESULTS / "compose_matrix.json"
     out.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_section(SECTION, table)
+    print(f"wrote {out} and the README's {SECTION} table", file=sys.stderr)
     return 0
 
 
