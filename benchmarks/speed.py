@@ -643,8 +643,9 @@ def _x(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def format_tables(result: dict[str, Any]) -> str:
-    """Human-readable tables of a result (what ``main`` prints)."""
+def format_tables(result: dict[str, Any], tablefmt: str = "simple") -> str:
+    """Human-readable tables of a result (what ``main`` prints; ``tablefmt="github"`` is the
+    README's Markdown)."""
     from tabulate import tabulate
 
     lines = []
@@ -660,15 +661,15 @@ def format_tables(result: dict[str, Any]) -> str:
              _num(r.get("graphs")), _num(r.get("peak_mem_gib", "n/a"))]
             for r in result["settings"]
         ]
-        lines.append(tabulate(table, headers=headers, disable_numparse=True))
+        lines.append(tabulate(table, headers=headers, disable_numparse=True, tablefmt=tablefmt))
         if any(r.get("compile_isolated") for r in result["settings"]):
-            lines.append("compile s, first loop s (compile + warm-up) and graphs (Inductor compiles): "
+            lines.append("\ncompile s, first loop s (compile + warm-up) and graphs (Inductor compiles): "
                          "each setting alone in a fresh process with an empty Inductor cache")
         if result.get("skipped"):
             lines.append(f"not run (time budget): {', '.join(result['skipped'])}")
     else:
         table = [[r["setting"], _num(r["ms"]), _x(r["speedup"])] for r in result["rows"]]
-        lines.append(tabulate(table, headers=["attention", "ms", "speedup"], disable_numparse=True))
+        lines.append(tabulate(table, headers=["attention", "ms", "speedup"], disable_numparse=True, tablefmt=tablefmt))
     m = result.get("matching")
     if m:
         names = {
@@ -680,8 +681,8 @@ def format_tables(result: dict[str, Any]) -> str:
         table = [[label, _num(m[key])] for key, label in names.items() if key in m]
         lines.append(f"\nmatching at one site: (B, H, N, D) = {tuple(m['shape'])}, "
                      f"{m['num_src']} src x {m['num_dst']} dst, keep {m['num_keep']}, "
-                     f"{m['metric']}, {m['dtype']}")
-        lines.append(tabulate(table, headers=["matching", "value"], disable_numparse=True))
+                     f"{m['metric']}, {m['dtype']}\n")
+        lines.append(tabulate(table, headers=["matching", "value"], disable_numparse=True, tablefmt=tablefmt))
     return "\n".join(lines)
 
 
@@ -718,6 +719,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds: skip settings / repeats that would overrun (partial JSON is "
                         "written after every stage)")
     parser.add_argument("--out", default=None, help="JSON path (default speed_<preset>.json)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also write the tables as the README's speed-<preset> section")
     return parser.parse_args(argv)
 
 
@@ -777,6 +780,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"({result['machine']['cpu_count']} CPU cores), torch {torch.__version__}")
     print(format_tables(result))
     print(f"wrote {out}")
+    if args.readme:
+        from benchmarks.readme import write_section
+
+        write_section(f"speed-{preset.name}", format_tables(result, "github"))
+        print(f"wrote the README's speed-{preset.name} section")
     return result
 
 

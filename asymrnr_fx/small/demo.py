@@ -25,7 +25,7 @@ import torch
 
 from .protocol import CALIBRATION, HELD_OUT
 
-__all__ = ["DEFAULT_PROMPTS", "demo_config", "add_arguments", "main", "run_method"]
+__all__ = ["DEFAULT_PROMPTS", "demo_config", "demo_table", "add_arguments", "main", "run_method"]
 
 DEFAULT_PROMPTS = CALIBRATION.prompts[:4]
 """The demo's prompts (seeds 0-3): the calibration set's, on which the demo schedule was probed."""
@@ -164,41 +164,35 @@ def _check_prompts(args: argparse.Namespace) -> tuple[list[str], list[int], list
             ["in-sample"] * len(prompts) + ["held-out"] * extra)
 
 
-def _summary_rows(labels: Sequence[str], base: dict, asym: dict, saved: float,
-                  p: list[float], s: list[float]) -> list[list[str]]:
+def _summary_rows(result: dict[str, Any]) -> list[list[str]]:
     """One "all" row per set of clips: total times, mean PSNR and SSIM, the worst clip."""
-    rows = []
+    rows, labels, p, s = [], result["sets"], result["psnr_db"], result["ssim"]
     for label in dict.fromkeys(labels):
         idx = [i for i, lab in enumerate(labels) if lab == label]
-        tb, ta = sum(base["seconds"][i] for i in idx), sum(asym["seconds"][i] for i in idx)
+        tb = sum(result["baseline_seconds"][i] for i in idx)
+        ta = sum(result["asymrnr_seconds"][i] for i in idx)
         mean_p, worst = sum(p[i] for i in idx) / len(idx), min(p[i] for i in idx)
         rows.append([f"all ({len(idx)} clips)", "", label, f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
-                     f"{saved:.1f}%", f"{mean_p:.2f} (worst {worst:.2f})",
+                     f"{100 * result['attention_flops_saved']:.1f}%", f"{mean_p:.2f} (worst {worst:.2f})",
                      f"{sum(s[i] for i in idx) / len(idx):.4f}"])
     return rows
 
 
-def _report(prompts: Sequence[str], seeds: Sequence[int], labels: Sequence[str], base: dict,
-            asym: dict, saved: float, inner: str) -> tuple[list[float], list[float]]:
-    """Print the per-clip table (set, time, speedup, FLOPs saved, PSNR, SSIM) and one summary
-    row per set; return PSNR, SSIM."""
+def demo_table(result: dict[str, Any]) -> str:
+    """The per-clip table (set, time, speedup, FLOPs saved, PSNR, SSIM) and one summary row per
+    set (Markdown), from the result the demo writes to ``demo.json``."""
     from tabulate import tabulate
 
-    from .metrics import psnr, ssim
-
-    p = psnr(asym["clips"], base["clips"]).tolist()
-    s = ssim(asym["clips"], base["clips"]).tolist()
     rows = []
-    for i, prompt in enumerate(prompts):
-        tb, ta = base["seconds"][i], asym["seconds"][i]
-        rows.append([prompt, seeds[i], labels[i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
-                     f"{saved:.1f}%", f"{p[i]:.2f}", f"{s[i]:.4f}"])
-    rows += _summary_rows(labels, base, asym, saved, p, s)
-    headers = ["prompt", "seed", "set", f"{inner} s", "asymrnr s", "speedup", "attn FLOPs saved",
+    for i, prompt in enumerate(result["prompts"]):
+        tb, ta = result["baseline_seconds"][i], result["asymrnr_seconds"][i]
+        rows.append([prompt, result["seeds"][i], result["sets"][i], f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
+                     f"{100 * result['attention_flops_saved']:.1f}%", f"{result['psnr_db'][i]:.2f}",
+                     f"{result['ssim'][i]:.4f}"])
+    rows += _summary_rows(result)
+    headers = ["prompt", "seed", "set", f"{result['baseline']} s", "asymrnr s", "speedup", "attn FLOPs saved",
                "PSNR dB", "SSIM"]
-    print()
-    print(tabulate(rows, headers=headers, tablefmt="github"))
-    return p, s
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -206,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
     import asymrnr_fx
 
     from .data import TEXT_TOKENS
-    from .metrics import attention_cost
+    from .metrics import attention_cost, psnr, ssim
     from .sampling import clip_geometry, load_small_model, save_gif, token_grid
 
     if args.threads:
@@ -235,14 +229,8 @@ def main(args: argparse.Namespace) -> int:
     asym = run_method("asymrnr", torch.compile(model, backend=compiler), prompts, seeds,
                       args.steps, geometry, before_each=compiler.state.reset)
     stats = dict(compiler.state.stats)
-    p, s = _report(prompts, seeds, labels, base, asym, 100 * (1 - cost), args.inner)
-    print(f"\nfirst run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
-          f"asymrnr {asym['first_run_seconds']:.1f} s; asymrnr stats: {stats}")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_gif = [[b, a, ((a - b) * 4).clamp(-1, 1)] for b, a in zip(base["clips"], asym["clips"], strict=True)]
-    gif = save_gif(rows_gif, out / "demo.gif")
+    p = psnr(asym["clips"], base["clips"]).tolist()
+    s = ssim(asym["clips"], base["clips"]).tolist()
     result = {
         "prompts": prompts, "seeds": seeds, "sets": labels, "steps": args.steps, "config": repr(config),
         "baseline": args.inner, "baseline_seconds": base["seconds"], "asymrnr_seconds": asym["seconds"],
@@ -251,6 +239,15 @@ def main(args: argparse.Namespace) -> int:
         "attention_flops_saved": 1 - cost, "psnr_db": p, "ssim": s, "stats": stats,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
+    print()
+    print(demo_table(result))
+    print(f"\nfirst run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
+          f"asymrnr {asym['first_run_seconds']:.1f} s; asymrnr stats: {stats}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_gif = [[b, a, ((a - b) * 4).clamp(-1, 1)] for b, a in zip(base["clips"], asym["clips"], strict=True)]
+    gif = save_gif(rows_gif, out / "demo.gif")
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {gif} (columns: {args.inner} | asymrnr | 4x difference; one row per prompt) "
           f"and {out / 'demo.json'}")
