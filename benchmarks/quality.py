@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def schedule_rows(num_layers: int, steps: int, cost_of) -> list[tuple[str, str, 
     schedules = [("demo schedule (probe)", demo_config(num_layers, steps))]
     for path in sorted(SCHEDULES.glob("small-cut*.json")):
         label = f"calibrated {path.stem.removeprefix('small-cut')} ({path.name})"
-        schedules.append((label, AsymRnRConfig(schedule=str(path))))
+        # Relative to where it runs (the repository root), so results name no machine path.
+        schedules.append((label, AsymRnRConfig(schedule=os.path.relpath(path))))
     rows = []
     for label, config in schedules:
         cost = cost_of(config)
