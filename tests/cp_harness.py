@@ -6,6 +6,8 @@ single-process AsymRnR reference of each tiny model, then both ranks run the sam
 
 diffusers' context parallelism assumes an accelerator. The stand-ins below make it run on CPU
 and live here only, never in the package.
+
+    python -m tests.cp_harness    # the README's equivalence table, and its JSON
 """
 
 from __future__ import annotations
@@ -194,3 +196,75 @@ def worker(rank: int, world: int, port: int, out: str, cases: tuple[str, ...] = 
         if rank == 0:
             torch.save(results, out)
         dist.destroy_process_group()
+
+
+# (label, plan, single-process key, two-process key, show AsymRnR's own effect) of the README table.
+ROWS = (
+    ("`WanTransformer3DModel`", "diffusers'", "wan/single", "wan/ulysses", True),
+    ("`LTXVideoTransformer3DModel` (no text mask)", "diffusers'", "ltxvideo/single", "ltxvideo/ulysses", True),
+    ("`CogVideoXTransformer3DModel`", "shipped", "cogvideox/single", "cogvideox/ulysses", True),
+    ("`HunyuanVideoTransformer3DModel` (prompts padded past one process's text share)", "shipped",
+     "hunyuanvideo/single", "hunyuanvideo/ulysses", True),
+    ("CogVideoX, rewritten graph through Inductor (vs eager, 1 process)", "shipped",
+     f"{INDUCTOR_CASE}/single", "inductor/ulysses", False),
+    ("Wan, plain `torch.compile(backend=asymrnr_fx.backend(...))`", "diffusers'", "compile/single",
+     "compile/ulysses", False),
+)
+
+
+def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).norm() / ref.norm())
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """What the README shows of one harness run (JSON-able)."""
+    rows = []
+    for label, plan, single_key, ulysses_key, show_effect in ROWS:
+        single, ulysses = results[single_key], results[ulysses_key]
+        effect = (max(_relative(a, b) for a, b in zip(single["outputs"], single["plain"], strict=True))
+                  if show_effect else None)
+        rows.append({"model": label, "plan": plan, "rewritten": [single["rewritten"], ulysses["rewritten"]],
+                     "vs_one_process": max(_relative(a, b) for a, b in
+                                           zip(ulysses["outputs"], single["outputs"], strict=True)),
+                     "asymrnr_effect": effect})
+    ring = results["ring"]
+    return {"settings": SETTINGS, "timesteps": list(TIMESTEPS), "rows": rows,
+            "ring_vs_one_process": _relative(ring["plain"], ring["reference"]),
+            "ring_refused": ring["refusal"] is not None}
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The README's equivalence table (largest relative difference over the steps)."""
+    def number(value: float | None) -> str:
+        return "" if value is None else ("0.0" if value == 0 else f"{value:.1e}")
+
+    lines = ["| model | plan | sites rewritten (1 / 2 processes) | 2 processes vs 1 | AsymRnR vs unreduced |",
+             "|---|---|---|---|---|"]
+    for r in document["rows"]:
+        lines.append(f"| {r['model']} | {r['plan']} | {r['rewritten'][0]} / {r['rewritten'][1]} | "
+                     f"{number(r['vs_one_process'])} | {number(r['asymrnr_effect'])} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    import json
+    import socket
+    import tempfile
+
+    from benchmarks.readme import RESULTS, write_section
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = os.path.join(tempfile.mkdtemp(prefix="asymrnr-cp-"), "results.pt")
+    torch.multiprocessing.start_processes(worker, args=(2, port, out), nprocs=2, start_method="spawn")
+    document = summary(torch.load(out))
+    (RESULTS / "context_parallel.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_section("context-parallel", markdown(document))
+    print(markdown(document))
+    print(f"ring: {document['ring_vs_one_process']:.1e} against one process; refused: {document['ring_refused']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,12 @@ def _composition(document: dict) -> str:
     return markdown(document["rows"])
 
 
+def _context_parallel(document: dict) -> str:
+    from .cp_harness import markdown
+
+    return markdown(document)
+
+
 def _stacking(document: dict) -> str:
     from benchmarks.compose import render
 
@@ -55,6 +61,7 @@ def _speed(document: dict) -> str:
 SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "demo": ("demo.json", _demo, "asymrnr demo, then copy asymrnr_demo/demo.json to benchmarks/results/"),
     "composition": ("compose_matrix.json", _composition, "python -m tests.compose_matrix"),
+    "context-parallel": ("context_parallel.json", _context_parallel, "python -m tests.cp_harness"),
     "stacking": ("compose.json", _stacking, "python -m benchmarks.compose --threads 2"),
     "quality": ("quality.json", _quality, "python -m benchmarks.quality --threads 2"),
     "calibration": ("calibration.json", _calibration, "python -m benchmarks.calibration --threads 2"),
