@@ -122,15 +122,6 @@ class CompiledRun:
         return per_graph
 
 
-class _LogLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def _recording_backend(config: asymrnr_fx.AsymRnRConfig, run: CompiledRun,
                        hint: tuple[int, int, int] | None) -> Any:
     """An eager-inner asymrnr backend that records graphs, classified sites and calls."""
