@@ -12,6 +12,7 @@ Data-independent ablation modes (``strided``, ``random``) bake their indices per
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch.fx as fx
 from .ops import dst_count, kept_count
 from .passes.rewrite import MatchSettings, SitePlan, rewrite_attention
 from .passes.sites import AttentionSite
-from .state import AsymRnRState, IndexKey
+from .state import AsymRnRState, Fallback, IndexKey
 
 __all__ = ["GraphRunner", "InnerCompiler"]
 
@@ -67,31 +68,48 @@ class InnerCompiler:
         return _inductor(gm, example_inputs, self.config_patches)
 
     def dynamic(self, gm: fx.GraphModule, dynamic_dims: Sequence[tuple[int, int]]) -> Callable[..., Any]:
-        """Compile on first call, with the ``(input, dim)`` sizes in ``dynamic_dims`` symbolic."""
+        """Compile on first call, with the ``(input, dim)`` sizes in ``dynamic_dims`` symbolic.
+
+        The graph is already captured, so it goes to Inductor directly, traced on fake inputs
+        whose ``dynamic_dims`` are symbols: no second Dynamo trace, which could fail on nodes
+        the first trace put into the graph (an autocast region that warns on CPU, say).
+        Nothing guards the other sizes: the runner serves one captured graph, whose inputs
+        Dynamo's own guards keep at the captured shapes.
+        """
         if self.inner == "eager":
             return gm.forward
         patches = self.config_patches
-
-        def inductor(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-            return _inductor(graph, example_inputs, patches)
-
-        compiled = torch.compile(gm, backend=inductor, fullgraph=True)
-        compiled_once = False
+        compiled: Callable[..., Any] | None = None
 
         def run(*args: Any) -> Any:
-            nonlocal compiled_once
-            if compiled_once:
-                return compiled(*args)
-            for index, dim in dynamic_dims:
-                torch._dynamo.maybe_mark_dynamic(args[index], dim)
-            # Without duck shaping a kept count equal to the video length (ratio 0 on the
-            # first call) stays its own symbol instead of being tied to that length.
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
-                result = compiled(*args)
-            compiled_once = True
-            return result
+            nonlocal compiled
+            if compiled is None:
+                compiled = _inductor(gm, symbolic_inputs(args, dynamic_dims), patches)
+            return compiled(*args)
 
         return run
+
+
+def symbolic_inputs(args: Sequence[Any], dynamic_dims: Sequence[tuple[int, int]]) -> list[Any]:
+    """Fake copies of ``args`` whose ``(input, dim)`` sizes in ``dynamic_dims`` are symbols.
+
+    Without duck shaping, a kept count equal to the video length (ratio 0 on the first call)
+    stays its own symbol instead of being tied to that length.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(duck_shape=False))
+    dynamic = set(dynamic_dims)
+    fakes: list[Any] = []
+    for index, arg in enumerate(args):
+        if not isinstance(arg, torch.Tensor):
+            fakes.append(arg)
+            continue
+        sizes = [DimDynamic.DYNAMIC if (index, dim) in dynamic else DimDynamic.STATIC
+                 for dim in range(arg.dim())]
+        fakes.append(fake_mode.from_tensor(arg, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes)))
+    return fakes
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,15 @@ class _Slot:
     site: int  # index among the runner's rewritable sites
     component: str
     plan: SitePlan
+
+
+def _raiser(error: Exception) -> Callable[..., Any]:
+    """A callable that raises ``error`` (a compile that failed, tried again as a call)."""
+
+    def run(*args: Any) -> Any:
+        raise error
+
+    return run
 
 
 def _device(args: Sequence[Any]) -> torch.device:
@@ -131,6 +158,9 @@ class GraphRunner:
                       for s, c in zip(self.sites, components, strict=True)]
         self.slots = [_Slot(i, c, plan) for i, plan in enumerate(self.plans) for c in plan.components]
         self._indexed: Callable[..., Any] | None = None
+        self._original: Callable[..., Any] | None = None  # set when no rewrite could run
+        self._num_inputs = sum(n.op == "placeholder" for n in gm.graph.nodes)
+        self.label = f"graph of {', '.join(s.node_name for s in self.sites)}"
         self._static: dict[tuple[tuple[int, ...], ...], Callable[..., Any]] = {}
         self._fillers: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
@@ -168,6 +198,8 @@ class GraphRunner:
         state.on_graph_call(self.tick_kind, None if self.tick_index is None else args[self.tick_index])
         step, first = state.claim_sites(len(self.sites))
         kept = self.kept(state.site_ratios(step, first, len(self.sites)))
+        if self._original is not None:
+            return self._original(*args)
         if self.settings.mode != "similarity":
             return self._run_static(kept, args)
         return self._run_indexed(kept, step, first, args)
@@ -191,8 +223,14 @@ class GraphRunner:
                                       tuple(counts), tuple(counts.items())))
             plans = [p for p in plans if p.components]
             result = rewrite_attention(self.gm, plans, self.settings, "static")
-            compiled = self._timed_compile("static", lambda: self.compiler.static(result.gm, args))
-            self._static[key] = compiled
+            try:
+                compiled = self._timed_compile("static", lambda: self.compiler.static(result.gm, args))
+            except Exception as error:  # noqa: BLE001 - reported by _first_call
+                compiled = _raiser(error)
+            compiled, outputs = self._first_call(compiled, result.gm, args)
+            if compiled is not None:
+                self._static[key] = compiled
+            return outputs
         return compiled(*args)
 
     def _fill(self, slot: _Slot, device: torch.device, kind: str) -> tuple[torch.Tensor, ...]:
@@ -244,8 +282,11 @@ class GraphRunner:
                       torch.empty((plan.batch, plan.heads, video_len), dtype=torch.long, device=device)]
         if self._indexed is None:  # compiled on its first call: time that call
             start = time.perf_counter()
-            outputs = self._indexed_graph(args)(*args, flags, *extra)
+            rewritten, compiled = self._indexed_graph(args)
+            self._indexed, outputs = self._first_call(compiled, rewritten, (*args, flags, *extra))
             self.state.compile_log.append(("indexed", time.perf_counter() - start))
+            if self._indexed is None:  # the original graph ran: no indices came back
+                return outputs
         else:
             outputs = self._indexed(*args, flags, *extra)
         num_extra = 2 * len(self.slots)
@@ -258,10 +299,52 @@ class GraphRunner:
                 state.refresh_steps.append(step)
         return outputs[:len(outputs) - num_extra]
 
-    def _indexed_graph(self, args: Sequence[Any]) -> Callable[..., Any]:
+    def _indexed_graph(self, args: Sequence[Any]) -> tuple[fx.GraphModule, Callable[..., Any]]:
+        """The rewritten graph, and its compiled form (compiled on its first call)."""
         result = rewrite_attention(self.gm, self.plans, self.settings, "indexed")
         # Inputs: the originals, the refresh flags, then per slot dst, src, keep, restore.
         keep_inputs = [len(args) + 1 + i for i, spec in enumerate(result.extra_inputs) if spec.kind == "keep"]
         self._indexed = self.compiler.dynamic(result.gm, [(i, 2) for i in keep_inputs])
         self.state.stats["compiles"] += 1
-        return self._indexed
+        return result.gm, self._indexed
+
+    def _first_call(self, compiled: Callable[..., Any], rewritten: fx.GraphModule,
+                    args: Sequence[Any]) -> tuple[Callable[..., Any] | None, Any]:
+        """Run a freshly compiled rewrite; if compiling or running it fails, the rewrite
+        without Inductor, and if that fails too, the original graph (then ``(None, outputs)``,
+        and :attr:`_original` serves every later call). One WARNING names the cause: the
+        user's forward never sees the exception."""
+        attempts = [("Inductor", compiled)]
+        if self.compiler.inner != "eager":
+            attempts.append(("the rewrite without Inductor", rewritten.forward))
+        causes = []
+        for label, candidate in attempts:
+            try:
+                outputs = candidate(*args)
+            except Exception as error:  # noqa: BLE001 - the user's forward must not fail here
+                causes.append(f"{label}: {_first_line(error)}")
+                continue
+            if causes:
+                self._report_fallback("rewrite without inductor", causes)
+            return candidate, outputs
+        self._report_fallback("original graph", causes)
+        original_args = args[:self._num_inputs]
+        try:
+            self._original = self.compiler.static(self.gm, original_args)
+            outputs = self._original(*original_args)
+        except Exception:  # noqa: BLE001 - plain compile fails too: run the graph as captured
+            self._original = self.gm.forward
+            outputs = self._original(*original_args)
+        return None, outputs
+
+    def _report_fallback(self, runs: str, causes: list[str]) -> None:
+        state = self.state
+        state.fallbacks.append(Fallback(self.label, runs, tuple(causes)))
+        what = "it runs without Inductor" if runs != "original graph" else "it runs unreduced, as captured"
+        state.log_once(f"asymrnr: the rewritten {self.label} failed ({'; '.join(causes)}): {what}",
+                       logging.WARNING)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -38,7 +38,7 @@ import torch
 from .ops import Partition, partition, site_partition
 from .schedules.ratios import RatioResolver
 
-__all__ = ["AsymRnRState", "StepTracker", "CacheEntry", "IndexKey"]
+__all__ = ["AsymRnRState", "StepTracker", "CacheEntry", "IndexKey", "Fallback"]
 
 logger = logging.getLogger("asymrnr_fx")
 
@@ -143,6 +143,14 @@ class StepTracker:
         return max(self.forwards_in_step - 1, 0)
 
 
+class Fallback(NamedTuple):
+    """A rewritten graph that could not run as compiled, and what runs instead."""
+
+    graph: str  # which graph (its rewritten sites)
+    runs: str  # "rewrite without inductor" or "original graph"
+    causes: tuple[str, ...]  # one line per failed attempt
+
+
 class IndexKey(NamedTuple):
     """What match indices were made for: reused only for exactly the same."""
 
@@ -182,6 +190,7 @@ class AsymRnRState:
         self.sites_rewritable = 0
         self.ratios = RatioResolver(self.config)
         self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
+        self.fallbacks: list[Fallback] = []  # rewrites that could not run as compiled
         self._logged: set[str] = set()
         self.reset()
 

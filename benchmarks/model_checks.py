@@ -10,10 +10,14 @@ For a tiny random-weight config of the real class (:mod:`asymrnr_fx.tiny_models`
   partitions and kept counts the site used, and compare with the compiled output;
 * **regional**: where the class declares ``_repeated_blocks``, compile only the blocks
   (``apply(transformer, regional=True)``) and compare with the whole-model compile;
+* **inductor**: ``apply(transformer)`` with Inductor behind the rewrite (the documented
+  default) against the same reference: the rewritten graph must compile wherever Inductor
+  compiles the original one (autocast regions and all), or fall back with a WARNING;
 * **finite**: every output is finite.
 
-The rewritten graphs run without Inductor (``inner="eager"``): what is checked here is the
-rewrite, not Inductor, and it keeps every class to a few seconds on a CPU.
+The sites and reference checks run the rewritten graphs without Inductor (``inner="eager"``),
+which keeps every class to a few seconds on a CPU; the Inductor check (off by default,
+:func:`check_inductor`) costs a compile, a few seconds to a minute per class.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from asymrnr_fx.tiny_models import TinyModel, build_tiny
 from tests.reference import reference_attention
 
 __all__ = ["ModelRow", "CompiledRun", "CHECK_CONFIG", "check_model", "run_compiled", "output_tensors",
-           "compare_with_reference", "check_regional"]
+           "compare_with_reference", "check_regional", "check_inductor"]
 
 # Both components cut at every site: the strongest test of the rewrite.
 CHECK_CONFIG = asymrnr_fx.AsymRnRConfig(kv_ratio=0.5, q_ratio=0.3, seed=7)
@@ -63,6 +67,7 @@ class ModelRow:
     reference_error: float | None = None
     effect: float | None = None  # how far the rewrite moves the output from the unreduced model
     regional: str = ""
+    inductor: str = ""  # the rewrite compiled by Inductor: "equal", "differs", "fell back: ..."
     finite: bool = False
     prepared: int = 0  # attention processors asymrnr_fx.prepare replaced
     notes: str = ""
@@ -293,6 +298,25 @@ def check_regional(tiny: TinyModel, run: CompiledRun, rewritten: int,
     return "equal" if error <= REFERENCE_TOLERANCE else f"differs (error {error:.1e})"
 
 
+def check_inductor(tiny: TinyModel, run: CompiledRun,
+                   config: asymrnr_fx.AsymRnRConfig = CHECK_CONFIG) -> tuple[str, float | None]:
+    """``apply(transformer)`` with Inductor behind the rewrite against the eager rewrite of
+    ``run`` (itself checked against the reference): ``("equal" | "differs" | "fell back to
+    ...", error)``."""
+    torch._dynamo.reset()
+    asymrnr_fx.apply(tiny.model, config)
+    try:
+        with torch.no_grad():
+            outputs = output_tensors(tiny.model(**tiny.inputs))
+        (state,) = asymrnr_fx.states_of(tiny.model)
+    finally:
+        asymrnr_fx.remove(tiny.model)
+    if state.fallbacks:
+        return f"fell back to the {state.fallbacks[0].runs}", None
+    error = _relative_error(outputs, run.outputs)
+    return ("equal" if error <= REFERENCE_TOLERANCE else "differs"), error
+
+
 def _site_counts(row: ModelRow, run: CompiledRun, tiny: TinyModel) -> None:
     sites = run.call_sites()
     row.graphs = len(run.graphs)
@@ -317,7 +341,7 @@ def wake_zero_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
 
 
-def check_model(name: str, regional: bool = True) -> ModelRow:
+def check_model(name: str, regional: bool = True, inductor: bool = False) -> ModelRow:
     """All checks of tiny config ``name`` (a crash of the model or the backend is raised)."""
     start = time.perf_counter()
     tiny = build_tiny(name, batch=2)
@@ -334,5 +358,9 @@ def check_model(name: str, regional: bool = True) -> ModelRow:
         with torch.no_grad():
             row.effect = _relative_error(run.outputs, output_tensors(tiny.model(**tiny.inputs)))
     row.regional = check_regional(tiny, run, row.rewritten) if regional else "not checked"
+    if not row.rewritten:
+        row.inductor = "-"
+    elif inductor:
+        row.inductor = check_inductor(tiny, run)[0]
     row.seconds = round(time.perf_counter() - start, 1)
     return row
