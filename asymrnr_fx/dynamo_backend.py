@@ -11,12 +11,13 @@ returns a :class:`GraphRunner`, which compiles one rewritten copy of the graph p
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from .config import AsymRnRConfig
@@ -24,6 +25,7 @@ from .context_parallel import RING_REFUSAL
 from .passes.grid import infer_grid
 from .passes.parallel import ring_attention
 from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites, find_sdpa_nodes, module_classes
+from .passes.ticks import find_tick_input
 from .processors import unprepared_warning
 from .runner import GraphRunner, InnerCompiler
 from .state import AsymRnRState
@@ -48,32 +50,24 @@ def inductor_config_patches(mode: str | None, options: Mapping[str, Any] | None)
     return patches
 
 
-# Dynamo names placeholders after their source: `L_timestep_` -> `l_timestep_`.
-TICK_INPUTS = (("timestep", r"(^|_)timestep_?$"), ("temb", r"(^|_)temb_?$"))
-
-
-def _tick_input(gm: fx.GraphModule) -> tuple[str | None, int | None]:
-    """The graph input that can mark a forward: ``timestep``, else ``temb`` (repeated blocks)."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for kind, pattern in TICK_INPUTS:
-        for index, node in enumerate(placeholders):
-            if re.search(pattern, node.name, flags=re.IGNORECASE):
-                return kind, index
-    return None, None
-
-
 def _reports_ticks(gm: fx.GraphModule, state: AsymRnRState, compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """A graph without rewritten sites still marks forwards (it may be the one tick source)."""
-    kind, index = _tick_input(gm)
+    """A graph without rewritten sites still marks forwards when it holds the tick input
+    (the noise level): it may be the one that starts each forward."""
+    kind, index = find_tick_input(gm.graph)
     if kind is None:
         return compiled
     state.register_tick_source(kind)
+    uid = next(_TICK_GRAPH_IDS)
 
     def run(*args: Any) -> Any:
-        state.on_graph_call(kind, args[index])
+        weight = next((id(a) for a in args if isinstance(a, torch.nn.Parameter)), None)
+        state.enter_graph((("graph", uid, weight),), (kind, args[index]))
         return compiled(*args)
 
     return run
+
+
+_TICK_GRAPH_IDS = itertools.count()
 
 
 def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState) -> None:
@@ -134,7 +128,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
         return compiler.static(gm, example_inputs)
     if not runner_sites:
         return _reports_ticks(gm, state, compiler.static(gm, example_inputs))
-    return GraphRunner(gm, sites, state, compiler, _tick_input(gm))
+    return GraphRunner(gm, sites, state, compiler, find_tick_input(gm.graph))
 
 
 class AsymRnRBackend:

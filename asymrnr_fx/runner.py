@@ -12,6 +12,7 @@ Data-independent ablation modes (``strided``, ``random``) bake their indices per
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +122,9 @@ class _Slot:
     plan: SitePlan
 
 
+_RUNNER_IDS = itertools.count()
+
+
 def _raiser(error: Exception) -> Callable[..., Any]:
     """A callable that raises ``error`` (a compile that failed, tried again as a call)."""
 
@@ -147,6 +151,7 @@ class GraphRunner:
         self.compiler = compiler
         self.tick_kind, self.tick_index = tick
         state.register_tick_source(self.tick_kind)
+        self.uid = next(_RUNNER_IDS)
         self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
                                       config.match_mode, config.seed, config.match_kernel)
         components = state.ratios.components(len(self.sites))
@@ -193,16 +198,29 @@ class GraphRunner:
 
     # -- calls ------------------------------------------------------------------------------
 
+    def site_keys(self, args: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
+        """What each site of this call is: the block whose query projection weight it was
+        given (one graph may serve every block), else this graph's node."""
+        keys = []
+        for site in self.sites:
+            weight = None if site.weight_input is None else args[site.weight_input]
+            if isinstance(weight, torch.nn.Parameter):
+                keys.append(("weight", id(weight)))
+            else:
+                keys.append(("node", self.uid, site.node_name))
+        return tuple(keys)
+
     def __call__(self, *args: Any) -> Any:
         state = self.state
-        state.on_graph_call(self.tick_kind, None if self.tick_index is None else args[self.tick_index])
-        step, first = state.claim_sites(len(self.sites))
-        kept = self.kept(state.site_ratios(step, first, len(self.sites)))
+        keys = self.site_keys(args)
+        state.enter_graph(keys, None if self.tick_index is None else (self.tick_kind, args[self.tick_index]))
+        step, indices = state.site_indices(keys)
+        kept = self.kept(state.site_ratios(step, indices))
         if self._original is not None:
             return self._original(*args)
         if self.settings.mode != "similarity":
             return self._run_static(kept, args)
-        return self._run_indexed(kept, step, first, args)
+        return self._run_indexed(kept, step, indices, args)
 
     def _timed_compile(self, variant: str, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
         start = time.perf_counter()
@@ -252,7 +270,7 @@ class GraphRunner:
                 self._fillers[key] = (index.contiguous(), index.contiguous())
         return self._fillers[key]
 
-    def _run_indexed(self, kept: list[int], step: int, first: int, args: Sequence[Any]) -> Any:
+    def _run_indexed(self, kept: list[int], step: int, indices: Sequence[int], args: Sequence[Any]) -> Any:
         state = self.state
         device = _device(args)
         window = state.window(step)
@@ -262,7 +280,7 @@ class GraphRunner:
         refreshed = []
         for n, (slot, keep_count) in enumerate(zip(self.slots, kept, strict=True)):
             plan = slot.plan
-            site = first + slot.site
+            site = indices[slot.site]
             video_len = plan.layout.video_len
             if keep_count == video_len:  # ratio 0 here: every token, in order
                 extra += [*self._fill(slot, device, "partition"), *self._fill(slot, device, "identity")]

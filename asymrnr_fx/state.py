@@ -28,8 +28,8 @@ second-order scheduler's repeated timestep).
 from __future__ import annotations
 
 import logging
-import weakref
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -58,7 +58,6 @@ class StepTracker:
         self.branch_name: str | None = None
         self._last_value: float | None = None
         self._direction = 0
-        self._temb_ref: weakref.ref | None = None
         self._temb_value: torch.Tensor | None = None
 
     # -- told ------------------------------------------------------------------------------
@@ -115,18 +114,20 @@ class StepTracker:
                 self.advance()
         self._last_value = value
 
-    def observe_temb(self, temb: torch.Tensor) -> tuple[bool, bool]:
-        """A repeated block receives ``temb``: ``(new forward, new value)``.
-
-        A new tensor object is a new forward; a new value is a new step.
-        """
-        if self._temb_ref is not None and self._temb_ref() is temb:
-            return False, False
-        self._temb_ref = weakref.ref(temb)
+    def observe(self, kind: str, value: torch.Tensor) -> None:
+        """The running forward's noise level: a ``timestep`` (see :meth:`observe_timestep`)
+        or, for repeated blocks compiled alone, the ``temb`` they share (a new value is a
+        new step)."""
+        if kind == "timestep":
+            self.observe_timestep(value)
+            return
         previous = self._temb_value
-        changed = previous is None or previous.shape != temb.shape or not torch.equal(previous, temb)
-        self._temb_value = temb.detach().clone()
-        return True, changed
+        if previous is None:
+            if self.step < 0 or self.generations == 0:
+                self.advance()
+        elif previous.shape != value.shape or not torch.equal(previous, value):
+            self.advance()
+        self._temb_value = value.detach().clone()
 
     # -- forwards ------------------------------------------------------------------------------
     def start_forward(self) -> None:
@@ -189,6 +190,9 @@ class AsymRnRState:
         self.sites_left_alone: list[tuple[str, str]] = []  # (site, reason), per compiled graph
         self.sites_rewritable = 0
         self.ratios = RatioResolver(self.config)
+        # Index of every site by its identity (key, occurrence in the forward), in the order
+        # the sites first ran: the layer a schedule addresses.
+        self.site_order: dict[tuple[Hashable, int], int] = {}
         self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
         self.fallbacks: list[Fallback] = []  # rewrites that could not run as compiled
         self._logged: set[str] = set()
@@ -202,8 +206,11 @@ class AsymRnRState:
         self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
-        self.site_cursor = 0  # sites claimed in the running forward
         self._forward_open = False
+        self._forward_sites = 0
+        self._forward_keys: set[Hashable] = set()
+        self._occurrences: Counter[Hashable] = Counter()
+        self._ticked = False
 
     def log_once(self, message: str, level: int = logging.INFO) -> None:
         """Log ``message`` once per application (a site left alone is said once, not per call)."""
@@ -246,11 +253,12 @@ class AsymRnRState:
 
     # -- forwards -------------------------------------------------------------------------
     def begin_forward(self, timestep: torch.Tensor | None = None) -> None:
-        """A forward of the model starts. Unless steps are told, ``timestep`` ticks them."""
+        """A forward of the model starts (``apply``'s hook). Unless steps are told,
+        ``timestep`` ticks them; without one, the first graph with a tick input does."""
         self.end_forward()
-        if not self.tracker.told and isinstance(timestep, torch.Tensor):
-            self.tracker.observe_timestep(timestep)
         self._open_forward()
+        if isinstance(timestep, torch.Tensor):
+            self._observe("timestep", timestep)
 
     def end_forward(self) -> None:
         """The running forward ended: its site count is the model's (checked against the
@@ -258,35 +266,62 @@ class AsymRnRState:
         if not self._forward_open:
             return
         self._forward_open = False
-        if self.ratios.sites_per_forward is None and self.site_cursor:
-            self.ratios.set_sites_per_forward(self.site_cursor)
-        if self.stats["forwards"] == 1 and not self.site_cursor and not self.sites_left_alone:
+        if self.ratios.sites_per_forward is None and self._forward_sites:
+            self.ratios.set_sites_per_forward(len(self.site_order))
+        if not self._ticked and not self.tracker.told:
+            self.stats["forwards_without_step_signal"] += 1
+            self.log_once(
+                "asymrnr: no step signal: no graph input carries the noise level (a tensor "
+                "input of at most one dimension that feeds a sinusoidal embedding, or one named "
+                "timestep) and no scheduler or set_step tells the steps, so every forward runs "
+                "as step 0 of its schedule: use asymrnr_fx.apply(pipe), StepCallback or "
+                "state.set_step", logging.WARNING)
+        if self.stats["forwards"] == 1 and not self._forward_sites and not self.sites_left_alone:
             self.log_once(
                 "asymrnr: no attention call of this forward reached a graph the backend compiled, "
                 "so AsymRnR does nothing: something runs the attention outside torch.compile (a "
                 "hook decorated with torch.compiler.disable, such as diffusers' MagCache, or a "
                 "graph break Dynamo skips)", logging.WARNING)
 
-    def on_graph_call(self, tick_kind: str | None, tick_input: Any) -> None:
-        """A compiled graph is called; the fallback's tick source starts a forward."""
-        if self.hooked or tick_kind is None or tick_kind != self.tick_kind:
+    def enter_graph(self, call_keys: tuple[Hashable, ...], tick: tuple[str, torch.Tensor] | None) -> None:
+        """A compiled graph is called. ``call_keys`` say which instance of the model's code it
+        runs (its sites, or the graph and its parameters); ``tick`` is its noise-level input.
+
+        Without ``apply``'s hook, a key seen already in the running forward starts the next
+        forward: the model came round again, whatever its inputs are named, however its graphs
+        are split and whichever blocks a cache skips. The first tick of a forward ticks the
+        steps unless they are told.
+        """
+        if not self._forward_open or (not self.hooked and not self._forward_keys.isdisjoint(call_keys)):
+            self.end_forward()
+            self._open_forward()
+        self._forward_keys.update(call_keys)
+        if tick is not None and tick[0] == self.tick_kind:
+            self._observe(*tick)
+
+    def _observe(self, kind: str, value: torch.Tensor) -> None:
+        """The forward's noise level: ticks the step (once per forward, unless told)."""
+        if self._ticked:
             return
-        if tick_kind == "timestep":
-            self.begin_forward(tick_input)
+        self._ticked = True
+        if self.tracker.told:
             return
-        new_forward, changed = self.tracker.observe_temb(tick_input)
-        if not new_forward:
-            return
-        self.end_forward()
-        if changed and not self.tracker.told:
-            self.tracker.advance()
-        self._open_forward()
+        step, generations = self.tracker.step, self.tracker.generations
+        self.tracker.observe(kind, value)
+        if (step, generations) != (self.tracker.step, self.tracker.generations):
+            self.tracker.forwards_in_step = 1  # this forward is the new step's first
+            self._follow_generation()
 
     def _open_forward(self) -> None:
+        if not self.tracker.told and self.stats["forwards_without_step_signal"] == self.stats["forwards"] > 0:
+            self.tracker.forwards_in_step = 0  # no step signal at all: no branches either
         self.tracker.start_forward()
         self._follow_generation()
         self.stats["forwards"] += 1
-        self.site_cursor = 0
+        self._forward_sites = 0
+        self._forward_keys = set()
+        self._occurrences = Counter()
+        self._ticked = False
         self._forward_open = True
 
     def register_tick_source(self, kind: str | None) -> None:
@@ -294,17 +329,30 @@ class AsymRnRState:
         if kind == "timestep" or (kind == "temb" and self.tick_kind is None):
             self.tick_kind = kind
 
-    def claim_sites(self, count: int) -> tuple[int, int]:
-        """Reserve ``count`` consecutive site indices of this forward: ``(step, first)``."""
-        if not self._forward_open:  # no tick source at all: one long forward
-            self._open_forward()
-        first = self.site_cursor
-        self.site_cursor += count
-        return self.tracker.step, first
+    def site_indices(self, keys: Sequence[Hashable]) -> tuple[int, list[int]]:
+        """``(step, index per site)`` for the sites with these identities in this forward.
 
-    def site_ratios(self, step: int, first: int, count: int):  # noqa: ANN201
+        A site's index is its place in the model: the order in which its identity (the
+        parameters it projects with, or its graph node) first ran. A cache that skips blocks
+        never moves another block onto its index; a site that appears after the model's site
+        count is known gets a new index past it (see :meth:`site_ratios`).
+        """
+        if not self._forward_open:
+            self._open_forward()
+        indices = []
+        for key in keys:
+            occurrence = self._occurrences[key]  # one identity run twice in a forward (hooked)
+            self._occurrences[key] += 1
+            identity = (key, occurrence)
+            if identity not in self.site_order:
+                self.site_order[identity] = len(self.site_order)
+            indices.append(self.site_order[identity])
+        self._forward_sites += len(keys)
+        return self.tracker.step, indices
+
+    def site_ratios(self, step: int, indices: Sequence[int]):  # noqa: ANN201
         """``(q, kv)`` per site, or None while a preset waits for the model's site count."""
-        return self.ratios.ratios(step, self.tracker.num_steps, first, count)
+        return self.ratios.ratios(step, self.tracker.num_steps, indices)
 
     # -- what the pass found ---------------------------------------------------------------
     def add_grid_evidence(self, grid: tuple[int, int, int] | None) -> None:

@@ -26,7 +26,8 @@ from .parallel import ulysses_exchange
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel"]
+           "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel",
+           "projection_weight_input"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
 
@@ -55,6 +56,9 @@ class AttentionSite:
     batch: int = 0
     heads: int = 0
     kernel: str = "sdpa"  # or the name of the attention kernel that is not SDPA
+    # The graph input holding the query projection's weight (Dynamo lifts parameters to
+    # inputs, so one graph may serve every block): at run time it says which block this is.
+    weight_input: int | None = None
 
 
 # Attention kernels that are not SDPA (diffusers' other attention backends): found by name, so
@@ -202,7 +206,30 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
         return AttentionSite(name, False, layout)
     if query_rows_valid is not None and layout.video_start + layout.video_len > query_rows_valid:
         return AttentionSite(name, False, full_mask)
-    return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1])
+    return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1],
+                         weight_input=projection_weight_input(query))
+
+
+def projection_weight_input(node: fx.Node, max_depth: int = 30) -> int | None:
+    """The position among the graph's inputs of the weight of the first linear projection
+    ``node`` is computed from (through casts and views of that weight), or None when the
+    weight is not a graph input (a module attribute: the graph is then one module's own)."""
+    placeholders = {n: i for i, n in enumerate(n for n in node.graph.nodes if n.op == "placeholder")}
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    linears = sorted((n for n in ancestors(node, max_depth, stop=_is_linear) if n is not node and _is_linear(n)),
+                     key=order.__getitem__)
+    for linear in linears:
+        if linear.op != "call_function" or len(linear.args) < 2 or not isinstance(linear.args[1], fx.Node):
+            continue
+        weight = linear.args[1]
+        for _ in range(4):  # w, w.to(dtype), w.t(), ...
+            if weight.op == "placeholder":
+                return placeholders[weight]
+            inputs = weight.all_input_nodes
+            if len(inputs) != 1:
+                break
+            weight = inputs[0]
+    return None
 
 
 def classify_sites(

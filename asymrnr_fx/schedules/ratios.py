@@ -128,8 +128,9 @@ def effective_settings(explicit: Mapping[str, Any], source: ScheduleSource | Non
 class RatioResolver:
     """Per-site ``(q, kv)`` ratios of one application, resolved for the whole model.
 
-    ``ratios(step, num_steps, first, count)`` gives the ratios of ``count`` consecutive
-    attention sites starting at site ``first`` (call order within a forward). It returns
+    ``ratios(step, num_steps, indices)`` gives the ratios of the attention sites with these
+    indices (a site's index is its place in the model: see
+    :meth:`asymrnr_fx.state.AsymRnRState.site_indices`). It returns
     None while a preset still waits for the model's site count (the caller then runs those
     sites unreduced: presets never reduce the first step). The count becomes known through
     :meth:`set_sites_per_forward`, which also checks fixed-length schedules against it.
@@ -199,23 +200,28 @@ class RatioResolver:
     def schedule_steps(self) -> int | None:
         return self._schedule.num_steps if self._schedule is not None else None
 
-    def ratios(self, step: int, num_steps: int | None, first: int, count: int) -> Ratios | None:
-        """Ratios of sites ``first .. first + count - 1`` at ``step`` (None: not known yet)."""
+    def ratios(self, step: int, num_steps: int | None, indices: Sequence[int]) -> Ratios | None:
+        """Ratios of the sites with these indices at ``step`` (None: not known yet).
+
+        An index past the model's site count (a site that first ran after the count was
+        learned: a block the first forward skipped) is run unreduced, said once at WARNING
+        by the caller; a fixed-length schedule refuses it.
+        """
         config = self.config
         if self.uniform:
-            return ((config.q_ratio, config.kv_ratio),) * count
-        if self._num_layers is not None and first + count > self._num_layers:
+            return ((config.q_ratio, config.kv_ratio),) * len(indices)
+        if self._num_layers is not None and indices and max(indices) >= self._num_layers:
             raise ValueError(
                 f"{self._layer_label()} but the model runs more attention sites per forward "
-                f"(at least {first + count}): build the schedule for this model"
+                f"(at least {max(indices) + 1}): build the schedule for this model"
             )
         if config.layer_ratios is not None:
-            return tuple(config.layer_ratios[first:first + count])
+            return tuple(config.layer_ratios[i] for i in indices)
         if self._schedule is None:
             return None
         steps = num_steps or config.num_steps or self._schedule.num_steps
         per_layer = self._schedule.ratios_at(min(step, steps - 1), steps)
-        return tuple(per_layer[first:first + count])
+        return tuple(per_layer[i] if i < len(per_layer) else (0.0, 0.0) for i in indices)
 
 
 # --------------------------------------------------------------- attention accounting
@@ -251,7 +257,7 @@ def per_step_ratios(config: Any, num_layers: int, num_steps: int) -> list[Ratios
     resolver.set_sites_per_forward(num_layers)
     out = []
     for step in range(num_steps):
-        ratios = resolver.ratios(step, num_steps, 0, num_layers)
+        ratios = resolver.ratios(step, num_steps, range(num_layers))
         assert ratios is not None
         out.append(ratios)
     return out
