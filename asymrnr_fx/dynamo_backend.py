@@ -11,7 +11,6 @@ returns a :class:`GraphRunner`, which compiles one rewritten copy of the graph p
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +23,11 @@ from .config import AsymRnRConfig
 from .context_parallel import RING_REFUSAL
 from .passes.grid import infer_grid
 from .passes.parallel import ring_attention
+from .passes.shapes import concrete_graph, has_symbolic_sizes, size_signature
 from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites, find_sdpa_nodes, module_classes
 from .passes.ticks import find_tick_input
 from .processors import unprepared_warning
-from .runner import GraphRunner, InnerCompiler
+from .runner import RUNNER_IDS, GraphRunner, InnerCompiler
 from .state import AsymRnRState
 
 __all__ = ["AsymRnRBackend", "backend", "asymrnr_backend", "GraphRunner", "inductor_config_patches"]
@@ -57,17 +57,49 @@ def _reports_ticks(gm: fx.GraphModule, state: AsymRnRState, compiled: Callable[.
     if kind is None:
         return compiled
     state.register_tick_source(kind)
-    uid = next(_TICK_GRAPH_IDS)
 
     def run(*args: Any) -> Any:
+        # Keyed by its parameters, not the graph object: a recompile (a new batch size) must
+        # still read as the same place in the model.
         weight = next((id(a) for a in args if isinstance(a, torch.nn.Parameter)), None)
-        state.enter_graph((("graph", uid, weight),), (kind, args[index]))
+        state.enter_graph((("tick", weight),), (kind, args[index]))
         return compiled(*args)
 
     return run
 
 
-_TICK_GRAPH_IDS = itertools.count()
+class PerSizeRunner:
+    """A graph Dynamo captured with symbolic sizes (a model called at a second resolution
+    recompiles with dynamic shapes): specialized to each call's sizes
+    (:func:`~asymrnr_fx.passes.shapes.concrete_graph`), then classified, rewritten and compiled
+    as a static graph, once per size. AsymRnR stays on at every size."""
+
+    def __init__(self, gm: fx.GraphModule, state: AsymRnRState, compiler: InnerCompiler) -> None:
+        self.gm = gm
+        self.state = state
+        self.compiler = compiler
+        self.uid = next(RUNNER_IDS)  # shared by every size: its sites keep their identity
+        self.by_size: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        size = size_signature(args)
+        runner = self.by_size.get(size)
+        if runner is None:
+            runner = self._build(args)
+            self.by_size[size] = runner
+        return runner(*args)
+
+    def _build(self, args: Sequence[Any]) -> Callable[..., Any]:
+        try:
+            concrete = concrete_graph(self.gm, args)
+        except Exception as error:  # noqa: BLE001 - never a crash: the graph runs unreduced
+            self.state.log_once(
+                f"asymrnr: a graph captured with dynamic shapes could not be specialized to its "
+                f"sizes ({type(error).__name__}: {error}), so it runs unreduced; compile with "
+                "dynamic=False", logging.WARNING)
+            return self.compiler.static(self.gm, args)
+        self.state.stats["sizes_specialized"] += 1
+        return build_runner(concrete, args, self.state, self.compiler, uid=self.uid)
 
 
 def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState) -> None:
@@ -99,8 +131,9 @@ def _warn_if_unprepared(gm: fx.GraphModule, state: AsymRnRState) -> None:
 
 
 def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymRnRState,
-                 compiler: InnerCompiler) -> Callable[..., Any]:
-    """The callable that replaces ``gm``: plain compile when nothing is to be rewritten.
+                 compiler: InnerCompiler, uid: int | None = None) -> Callable[..., Any]:
+    """The callable that replaces ``gm``: plain compile when nothing is to be rewritten, a
+    :class:`PerSizeRunner` when its attention sizes are symbolic.
 
     Ring attention (context parallelism with ``ring_degree`` > 1) is refused here, at compile
     time: see :mod:`asymrnr_fx.context_parallel`.
@@ -109,6 +142,8 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
     if ring is not None:
         raise ValueError(f"{RING_REFUSAL} (Found in the graph: {ring}.)")
     config = state.config
+    if not config.is_identity and find_sdpa_nodes(gm.graph) and has_symbolic_sizes(gm.graph):
+        return PerSizeRunner(gm, state, compiler)
     state.add_grid_evidence(infer_grid(gm.graph))
     sites = classify_sites(gm.graph, config.grid, config.text_tokens, config.text_side,
                            grid_evidence=list(state.grid_evidence.values()),
@@ -128,7 +163,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
         return compiler.static(gm, example_inputs)
     if not runner_sites:
         return _reports_ticks(gm, state, compiler.static(gm, example_inputs))
-    return GraphRunner(gm, sites, state, compiler, find_tick_input(gm.graph))
+    return GraphRunner(gm, sites, state, compiler, find_tick_input(gm.graph), uid)
 
 
 class AsymRnRBackend:

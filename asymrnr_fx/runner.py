@@ -122,7 +122,7 @@ class _Slot:
     plan: SitePlan
 
 
-_RUNNER_IDS = itertools.count()
+RUNNER_IDS = itertools.count()
 
 
 def _raiser(error: Exception) -> Callable[..., Any]:
@@ -142,7 +142,7 @@ class GraphRunner:
     """One captured graph: its sites, its compiled rewrite, and the per-call bookkeeping."""
 
     def __init__(self, gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState,
-                 compiler: InnerCompiler, tick: tuple[str | None, int | None]) -> None:
+                 compiler: InnerCompiler, tick: tuple[str | None, int | None], uid: int | None = None) -> None:
         self.gm = gm
         self.all_sites = sites
         self.sites = [s for s in sites if s.rewritable]
@@ -151,7 +151,7 @@ class GraphRunner:
         self.compiler = compiler
         self.tick_kind, self.tick_index = tick
         state.register_tick_source(self.tick_kind)
-        self.uid = next(_RUNNER_IDS)
+        self.uid = next(RUNNER_IDS) if uid is None else uid  # names its node-keyed sites
         self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
                                       config.match_mode, config.seed, config.match_kernel)
         components = state.ratios.components(len(self.sites))

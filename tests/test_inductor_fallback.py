@@ -17,7 +17,12 @@ import torch
 import asymrnr_fx
 import asymrnr_fx.runner as runner
 from asymrnr_fx.tiny_models import build_tiny
-from benchmarks.model_checks import CHECK_CONFIG, compare_with_reference, output_tensors, run_compiled
+from benchmarks.model_checks import (
+    CHECK_CONFIG,
+    compare_with_reference,
+    output_tensors,
+    run_compiled,
+)
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -13,7 +13,13 @@ import pytest
 
 from asymrnr_fx.tiny_models import TINY_MODELS, build_tiny
 from benchmarks.model_checks import ModelRow, check_model
-from benchmarks.models import readme_table, render_table, saved_inductor_column, short_reason, video_classes
+from benchmarks.models import (
+    readme_table,
+    render_table,
+    saved_inductor_column,
+    short_reason,
+    video_classes,
+)
 from benchmarks.pipeline_checks import PipelineRow, check_pipeline
 from benchmarks.tiny_pipelines import PIPELINES
 
