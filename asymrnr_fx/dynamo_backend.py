@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.fx as fx
 
 from .config import AsymRnRConfig
@@ -51,18 +50,15 @@ def inductor_config_patches(mode: str | None, options: Mapping[str, Any] | None)
 
 
 def _reports_ticks(gm: fx.GraphModule, state: AsymRnRState, compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """A graph without rewritten sites still marks forwards when it holds the tick input
-    (the noise level): it may be the one that starts each forward."""
+    """A graph without rewritten sites still ticks the steps when it holds the tick input
+    (the noise level)."""
     kind, index = find_tick_input(gm.graph)
     if kind is None:
         return compiled
     state.register_tick_source(kind)
 
     def run(*args: Any) -> Any:
-        # Keyed by its parameters, not the graph object: a recompile (a new batch size) must
-        # still read as the same place in the model.
-        weight = next((id(a) for a in args if isinstance(a, torch.nn.Parameter)), None)
-        state.enter_graph((("tick", weight),), (kind, args[index]))
+        state.enter_graph((), (kind, args[index]))
         return compiled(*args)
 
     return run

@@ -207,6 +207,7 @@ class AsymRnRState:
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
         self._forward_open = False
+        self._pending_tick: tuple[str, torch.Tensor] | None = None
         self._forward_sites = 0
         self._forward_keys: set[Hashable] = set()
         self._occurrences: Counter[Hashable] = Counter()
@@ -256,6 +257,7 @@ class AsymRnRState:
         """A forward of the model starts (``apply``'s hook). Unless steps are told,
         ``timestep`` ticks them; without one, the first graph with a tick input does."""
         self.end_forward()
+        self._pending_tick = None
         self._open_forward()
         if isinstance(timestep, torch.Tensor):
             self._observe("timestep", timestep)
@@ -283,26 +285,29 @@ class AsymRnRState:
                 "hook decorated with torch.compiler.disable, such as diffusers' MagCache, or a "
                 "graph break Dynamo skips)", logging.WARNING)
 
-    def enter_graph(self, call_keys: tuple[Hashable, ...], tick: tuple[str, torch.Tensor] | None) -> None:
-        """A compiled graph is called. ``call_keys`` say which instance of the model's code it
-        runs (its sites, or the graph and its parameters); ``tick`` is its noise-level input.
+    def enter_graph(self, site_keys: tuple[Hashable, ...], tick: tuple[str, torch.Tensor] | None) -> None:
+        """A compiled graph is called with these sites (their identities, see
+        :meth:`site_indices`) and this noise-level input (``(kind, tensor)``, or None).
 
-        Without ``apply``'s hook, a key seen already in the running forward starts the next
+        Without ``apply``'s hook, a site seen already in the running forward starts the next
         forward: the model came round again, whatever its inputs are named, however its graphs
         are split and whichever blocks a cache skips. The first tick of a forward ticks the
-        steps unless they are told.
+        steps unless they are told; a tick that comes while the forward has ticked already (a
+        tick graph run before the first site of the next forward, or once per block) is kept
+        for the next forward, so a graph that only ticks never needs to start one.
         """
-        if not self._forward_open or (not self.hooked and not self._forward_keys.isdisjoint(call_keys)):
+        if not self._forward_open or (not self.hooked and not self._forward_keys.isdisjoint(site_keys)):
             self.end_forward()
             self._open_forward()
-        self._forward_keys.update(call_keys)
+        self._forward_keys.update(site_keys)
         if tick is not None and tick[0] == self.tick_kind:
-            self._observe(*tick)
+            if self._ticked and not self.hooked:
+                self._pending_tick = tick
+            else:
+                self._observe(*tick)
 
     def _observe(self, kind: str, value: torch.Tensor) -> None:
         """The forward's noise level: ticks the step (once per forward, unless told)."""
-        if self._ticked:
-            return
         self._ticked = True
         if self.tracker.told:
             return
@@ -323,6 +328,9 @@ class AsymRnRState:
         self._occurrences = Counter()
         self._ticked = False
         self._forward_open = True
+        pending, self._pending_tick = self._pending_tick, None
+        if pending is not None:
+            self._observe(*pending)
 
     def register_tick_source(self, kind: str | None) -> None:
         """A graph with a ``timestep`` (or only a ``temb``) input was compiled."""
