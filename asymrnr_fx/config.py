@@ -34,6 +34,27 @@ _CHOICES = {
 }
 
 
+def _int_triple(name: str, value: Any, example: str) -> tuple[int, int, int]:
+    """Three positive ints, else a ValueError naming the field."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ValueError(f"{name}={value!r} is invalid: give three positive ints {example}")
+    return tuple(value)  # type: ignore[return-value]
+
+
+def _layer_ratios(value: Any) -> tuple[tuple[float, float], ...]:
+    """One ``(q, kv)`` pair of ratios per attention site, else a ValueError naming the entry."""
+    fix = "give one (q, kv) pair per attention site, e.g. [(0.0, 0.5), (0.3, 0.5)]"
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"layer_ratios={value!r} is invalid: {fix}")
+    pairs = []
+    for i, pair in enumerate(value):
+        if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"layer_ratios[{i}]={pair!r} is invalid: {fix}")
+        pairs.append((check_ratio(f"layer_ratios[{i}].q", pair[0]), check_ratio(f"layer_ratios[{i}].kv", pair[1])))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class AsymRnRConfig:
     """How the backend reduces attention.
@@ -111,32 +132,23 @@ class AsymRnRConfig:
         check_ratio("kv_ratio", self.kv_ratio)
         check_ratio("q_ratio", self.q_ratio)
         if self.layer_ratios is not None:
-            ratios = tuple((float(q), float(kv)) for q, kv in self.layer_ratios)
-            for i, (q, kv) in enumerate(ratios):
-                check_ratio(f"layer_ratios[{i}].q", q)
-                check_ratio(f"layer_ratios[{i}].kv", kv)
-            object.__setattr__(self, "layer_ratios", ratios)
-        stride = tuple(self.stride)
-        if len(stride) != 3 or any(not isinstance(s, int) or s < 1 for s in stride):
-            raise ValueError(
-                f"stride={self.stride!r} is invalid: give three positive ints (t, h, w), e.g. (2, 2, 2)"
-            )
+            object.__setattr__(self, "layer_ratios", _layer_ratios(self.layer_ratios))
+        stride = _int_triple("stride", self.stride, "(t, h, w), e.g. (2, 2, 2)")
         object.__setattr__(self, "stride", stride)
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: choose one of {choices}")
-        if not isinstance(self.cache_interval, int) or self.cache_interval < 1:
+        if isinstance(self.cache_interval, bool) or not isinstance(self.cache_interval, int) or self.cache_interval < 1:
             raise ValueError(
                 f"cache_interval={self.cache_interval!r} is invalid: a positive int (1 = match every step)"
             )
         if self.grid is not None:
-            grid = tuple(self.grid)
-            if len(grid) != 3 or any(not isinstance(g, int) or g < 1 for g in grid):
-                raise ValueError(f"grid={self.grid!r} is invalid: give three positive ints (T, H, W)")
-            object.__setattr__(self, "grid", grid)
-        if self.text_tokens is not None and (not isinstance(self.text_tokens, int) or self.text_tokens < 0):
+            object.__setattr__(self, "grid", _int_triple("grid", self.grid, "(T, H, W)"))
+        if self.text_tokens is not None and (isinstance(self.text_tokens, bool) or not isinstance(self.text_tokens, int)
+                                             or self.text_tokens < 0):
             raise ValueError(f"text_tokens={self.text_tokens!r} is invalid: a non-negative int")
-        if self.num_steps is not None and (not isinstance(self.num_steps, int) or self.num_steps < 1):
+        if self.num_steps is not None and (isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int)
+                                           or self.num_steps < 1):
             raise ValueError(f"num_steps={self.num_steps!r} is invalid: a positive int")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} is invalid: an int")

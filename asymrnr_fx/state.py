@@ -79,6 +79,11 @@ class StepTracker:
         if num_steps is not None:
             if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
                 raise ValueError(f"num_steps={num_steps!r} is invalid: a positive int")
+        total = num_steps if num_steps is not None else self.num_steps
+        if total is not None and step >= total:
+            raise ValueError(f"step={step} is beyond the generation's num_steps={total}: steps count "
+                             f"0 .. {total - 1}; pass the generation's real step count as num_steps")
+        if num_steps is not None:
             self.num_steps = num_steps
         if step < self.step or self.generations == 0:
             self.begin_generation(self.num_steps)
@@ -206,6 +211,8 @@ class AsymRnRState:
         self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
+        # Sites run in this generation, how many calls reduced any, and the steps it ran.
+        self._generation_sites = self._generation_reduced = self._generation_steps = 0
         self._forward_open = False
         self._pending_tick: tuple[str, torch.Tensor] | None = None
         self._forward_sites = 0
@@ -243,10 +250,25 @@ class AsymRnRState:
         self._follow_generation()
 
     def _follow_generation(self) -> None:
-        """Indices never outlive their generation."""
+        """Indices never outlive their generation; a generation that ran rewritten sites and
+        reduced none of them is said once at WARNING."""
         if self.stats["generations"] != self.tracker.generations:
+            self._warn_if_nothing_reduced()
             self.stats["generations"] = self.tracker.generations
             self.cache.clear()
+            self._generation_sites = self._generation_reduced = self._generation_steps = 0
+
+    def _warn_if_nothing_reduced(self) -> None:
+        if not self._generation_sites or self._generation_reduced or self.ratios.uniform:
+            return
+        source = self.ratios.source
+        label = source.label if source is not None else "layer_ratios"
+        self.log_once(
+            f"asymrnr: {label} reduced nothing in a generation of {self._generation_steps} step(s): the "
+            f"steps it cuts fall outside the steps that ran (it was laid out for num_steps="
+            f"{self.ratios.schedule_steps() if self.tracker.num_steps is None else self.tracker.num_steps}); "
+            "tell the real step count (apply(pipe), num_steps=..., StepCallback) or choose another "
+            "schedule", logging.WARNING)
 
     def set_branch(self, name: str | None) -> None:
         """The pipeline names the forwards to come (diffusers' ``cache_context``)."""
@@ -270,6 +292,9 @@ class AsymRnRState:
         self._forward_open = False
         if self.ratios.sites_per_forward is None and self._forward_sites:
             self.ratios.set_sites_per_forward(len(self.site_order))
+        num_steps = self.tracker.num_steps
+        if num_steps is not None and self.tracker.step >= num_steps - 1:  # the generation's last step
+            self._warn_if_nothing_reduced()
         if not self._ticked and not self.tracker.told:
             self.stats["forwards_without_step_signal"] += 1
             self.log_once(
@@ -360,7 +385,12 @@ class AsymRnRState:
 
     def site_ratios(self, step: int, indices: Sequence[int]):  # noqa: ANN201
         """``(q, kv)`` per site, or None while a preset waits for the model's site count."""
-        return self.ratios.ratios(step, self.tracker.num_steps, indices)
+        ratios = self.ratios.ratios(step, self.tracker.num_steps, indices)
+        self._generation_sites += len(indices)
+        self._generation_steps = max(self._generation_steps, step + 1)
+        if ratios is not None and any(q > 0 or kv > 0 for q, kv in ratios):
+            self._generation_reduced += 1
+        return ratios
 
     # -- what the pass found ---------------------------------------------------------------
     def add_grid_evidence(self, grid: tuple[int, int, int] | None) -> None:

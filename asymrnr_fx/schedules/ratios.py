@@ -79,16 +79,36 @@ class ScheduleSource:
         return self.schedule
 
 
-def _settings_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+def _settings_from_meta(meta: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """The matching settings a schedule's ``meta`` carries, each checked: a wrong type or an
+    unknown metric is a ValueError naming the key (nothing is rounded or ignored)."""
     settings: dict[str, Any] = {}
+
+    def fail(key: str, expected: str) -> ValueError:
+        return ValueError(f"{label}: meta[{key!r}]={meta[key]!r} is invalid: {expected} (fix the "
+                          "schedule's meta, or override the setting in the config)")
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
     if "stride" in meta:
-        settings["stride"] = tuple(int(s) for s in meta["stride"])
+        stride = meta["stride"]
+        if isinstance(stride, (str, bytes)) or not isinstance(stride, Sequence) or len(stride) != 3 \
+                or not all(positive_int(s) for s in stride):
+            raise fail("stride", "three positive ints [t, h, w]")
+        settings["stride"] = tuple(stride)
     if "cache_interval" in meta:
-        settings["cache_interval"] = int(meta["cache_interval"])
-    if meta.get("metric") in ("l2", "cosine"):
+        if not positive_int(meta["cache_interval"]):
+            raise fail("cache_interval", "a positive int")
+        settings["cache_interval"] = meta["cache_interval"]
+    if "metric" in meta:
+        if meta["metric"] not in ("l2", "cosine"):
+            raise fail("metric", "'l2' or 'cosine'")
         settings["metric"] = meta["metric"]
     if "seed" in meta:
-        settings["seed"] = int(meta["seed"])
+        if isinstance(meta["seed"], bool) or not isinstance(meta["seed"], int):
+            raise fail("seed", "an int")
+        settings["seed"] = meta["seed"]
     return settings
 
 
@@ -99,7 +119,7 @@ def load_schedule_source(spec: Schedule | str | os.PathLike) -> ScheduleSource:
     """
     if isinstance(spec, Schedule):
         label = f"schedule {spec.name!r}" if spec.name else "the schedule"
-        return ScheduleSource(label, spec, None, _settings_from_meta(spec.meta))
+        return ScheduleSource(label, spec, None, _settings_from_meta(spec.meta, label))
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         if isinstance(spec, str) and text in presets.PRESETS:
@@ -112,8 +132,8 @@ def load_schedule_source(spec: Schedule | str | os.PathLike) -> ScheduleSource:
                 "existing schedule JSON file"
             )
         schedule = Schedule.load(text)
-        return ScheduleSource(f"schedule file {text!r}", schedule, None,
-                              _settings_from_meta(schedule.meta))
+        label = f"schedule file {text!r}"
+        return ScheduleSource(label, schedule, None, _settings_from_meta(schedule.meta, label))
     raise ValueError(f"schedule={spec!r} is invalid: give a Schedule, a preset name or a JSON path")
 
 
