@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .arguments import non_negative_float, non_negative_int, positive_int, ratio
+
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "asymrnr"
@@ -47,7 +49,7 @@ def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, in
 
     from .small import sampling
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         model = sampling.load_small_model(args.weights)
@@ -156,19 +158,21 @@ def _schedule_config(spec: str | None, steps: int):
 
 
 def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
-    """Write PIL images / HWC arrays as MP4 (imageio) or GIF (pillow)."""
+    """Write PIL images / HWC arrays as MP4 (imageio) or GIF (pillow), whole or not at all."""
     import numpy as np
     from PIL import Image
+
+    from .files import atomic_path
 
     arrays = [np.asarray(f) for f in frames]
     if arrays and arrays[0].dtype != np.uint8:  # float frames in [0, 1]
         arrays = [(np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in arrays]
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() != ".gif":
         try:
             import imageio.v2 as imageio
 
-            imageio.mimsave(out, arrays, fps=fps)
+            with atomic_path(out) as temporary:
+                imageio.mimsave(temporary, arrays, fps=fps)
             return out
         except (ImportError, ValueError, RuntimeError) as exc:
             gif = out.with_suffix(".gif")
@@ -176,7 +180,8 @@ def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
                   "(pip install imageio imageio-ffmpeg for MP4)", file=sys.stderr)
             out = gif
     images = [Image.fromarray(a) for a in arrays]
-    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    with atomic_path(out) as temporary:
+        images[0].save(temporary, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return out
 
 
@@ -202,7 +207,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
                                  geometry=geometry, progress=True)[0]
 
     clip, seconds = _timed_runs(run, args.warmup)
-    out = Path(args.out or "asymrnr_video.gif")
+    out = Path(args.out)
     frames = sampling.to_uint8(clip).repeat(4, axis=1).repeat(4, axis=2)
     out = _write_frames(list(frames), out, fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
@@ -225,9 +230,19 @@ def _timed_runs(run: Callable[[], Any], warmup: bool) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def _check_out(path: str, flag: str) -> None:
+    from .files import check_writable
+
+    try:
+        check_writable(path, flag)
+    except ValueError as exc:
+        raise CLIError(str(exc), 2) from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise CLIError(f"--steps {args.steps} is invalid: a positive int", 2)
+    default_out = "asymrnr_video.gif" if args.model in SMALL_NAMES else "asymrnr_video.mp4"
+    args.out = default_out if args.out is None else args.out
+    _check_out(args.out, "--out")
     config = None if args.schedule == "off" else _schedule_config(args.schedule, args.steps)
     if args.model in SMALL_NAMES:
         return _generate_small(args, config)
@@ -259,7 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     result, seconds = _timed_runs(run, args.warmup)
     frames = result.frames[0]
-    out = _write_frames(frames, Path(args.out or "asymrnr_video.mp4"), fps=args.fps)
+    out = _write_frames(frames, Path(args.out), fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
           f"{seconds:.1f} s; wrote {out}")
@@ -391,14 +406,11 @@ def _parse_stride(text: str) -> tuple[int, int, int]:
 
 
 def _check_calibrate_args(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.target < 1.0:
-        raise CLIError(f"--target {args.target} is out of range [0, 1)", 2)
-    for flag in ("steps", "seeds", "probes", "batch"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CLIError(f"--{flag} {value} is invalid: a positive int", 2)
+    """What argparse cannot check alone, before any model runs (numbers are checked by their
+    types, :mod:`asymrnr_fx.arguments`)."""
     if args.measurement is None and args.steps is None:
         raise CLIError("--steps is required (the denoising steps of the calibration runs)", 2)
+    _check_out(args.out, "--out")
 
 
 def _measure(args: argparse.Namespace):  # noqa: ANN202
@@ -409,12 +421,12 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
 
     setup = _calibration_setup(args)
     method = args.method or ("sensitivity" if setup.replayable else "redundancy")
-    reduction = Reduction(tuple(setup.grid), args.stride or setup.stride, args.seed, "l2",
-                          args.cache_interval or setup.cache_interval)
+    reduction = Reduction(tuple(setup.grid), setup.stride if args.stride is None else args.stride, args.seed,
+                          "l2", setup.cache_interval if args.cache_interval is None else args.cache_interval)
     table = measure(setup.model, setup.runs, reduction, method=method, steps=args.steps,
                     text_tokens=setup.text_tokens, text_side=setup.text_side,
                     step_groups=args.step_groups, priors=not args.no_priors,
-                    probes=args.probes or DEFAULT_PROBES)
+                    probes=DEFAULT_PROBES if args.probes is None else args.probes)
     meta = dict(table.meta or {})
     meta.update({"model": args.model, "clips": [list(c) for c in setup.clips],
                  "data_range": setup.data_range, "name": setup.name})
@@ -447,21 +459,21 @@ def _calibration_cost(table: Any) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .files import write_text_atomic
     from .schedules.calibrate import fit, predicted_psnr
     from .schedules.viz import format_schedule
 
     _check_calibrate_args(args)
     out = Path(args.out)
+    stats_path, table_path = out.with_suffix(".stats.json"), out.with_suffix(".measurement.json")
     table = _load_measurement(args.measurement) if args.measurement else _measure(args)
+    if not args.measurement:  # the expensive part is kept first, whatever happens next
+        write_text_atomic(table_path, json.dumps(table.to_dict()) + "\n")
     name = (table.meta or {}).get("name") or "calibrated"
     result = fit(table, args.target, name=f"{name}-cut{args.target:g}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result.schedule.save(out)
-    stats_path, table_path = out.with_suffix(".stats.json"), out.with_suffix(".measurement.json")
-    stats_path.write_text(json.dumps({**result.stats, "model": (table.meta or {}).get("model")},
-                                     indent=1) + "\n")
-    if not args.measurement:
-        table_path.write_text(json.dumps(table.to_dict()) + "\n")
+    write_text_atomic(stats_path, json.dumps({**result.stats, "model": (table.meta or {}).get("model")},
+                                             indent=1) + "\n")
     print(format_schedule(result.schedule))
     line = (f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
             f"(target {100 * args.target:.2f}%)")
@@ -513,14 +525,14 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="text prompt")
     p.add_argument("--schedule", help="preset name, schedule JSON file, or 'off' for the "
                    "plain Inductor baseline (default: K/V 0.3 at every site)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", help="output video (.mp4 needs imageio; else a .gif is written)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int)
-    p.add_argument("--guidance", type=float, help="guidance scale (pipeline default if unset)")
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--height", type=positive_int)
+    p.add_argument("--width", type=positive_int)
+    p.add_argument("--frames", type=positive_int)
+    p.add_argument("--guidance", type=non_negative_float, help="guidance scale (pipeline default if unset)")
+    p.add_argument("--fps", type=positive_int, default=8)
     p.add_argument("--warmup", action="store_true",
                    help="run once untimed first, so the reported time excludes compilation")
     p.add_argument("--inner", default="inductor", choices=("inductor", "eager"),
@@ -532,9 +544,9 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
-    p.add_argument("--target", type=float, required=True,
+    p.add_argument("--target", type=ratio, required=True,
                    help="share of attention FLOPs to remove, e.g. 0.5")
-    p.add_argument("--steps", type=int, help="denoising steps of the runs (required unless --measurement)")
+    p.add_argument("--steps", type=positive_int, help="denoising steps of the runs (required unless --measurement)")
     p.add_argument("--out", required=True,
                    help="schedule JSON to write (stats and the measurement go beside it)")
     p.add_argument("--method", choices=("sensitivity", "redundancy"), default=None,
@@ -544,27 +556,27 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", nargs="+", action="extend",
                    help="calibration prompt(s) (default: the small model's calibration set, or "
                    "8 varied prompts for a text-to-video pipeline; see the README)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per prompt (default 1)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="first seed (clips count up from it) and the partition seed")
     p.add_argument("--measurement", default=None,
                    help="refit a saved measurement (OUT.measurement.json) at --target: no model run")
-    p.add_argument("--probes", type=int, default=None,
+    p.add_argument("--probes", type=positive_int, default=None,
                    help="random output directions per clip for sensitivity (default 4; each adds "
                    "about 2 baseline-length runs, fewer make noisier schedules)")
-    p.add_argument("--batch", type=int, default=8, help="clips per run of the small model (default 8)")
+    p.add_argument("--batch", type=positive_int, default=8, help="clips per run of the small model (default 8)")
     p.add_argument("--stride", type=_parse_stride, default=None,
                    help="partition t,h,w (default: the model family's, e.g. 6,2,2 for HunyuanVideo)")
-    p.add_argument("--cache-interval", type=int, default=None,
+    p.add_argument("--cache-interval", type=positive_int, default=None,
                    help="re-match every k steps (default: the model family's, e.g. 5 for CogVideoX)")
-    p.add_argument("--step-groups", type=int, default=None,
+    p.add_argument("--step-groups", type=positive_int, default=None,
                    help="merge refresh windows into this many groups that share ratios "
                    "(default: one group per window)")
     p.add_argument("--no-priors", action="store_true",
                    help="redundancy only: no Q / shallow-layer / early-step weighting")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int)
+    p.add_argument("--height", type=positive_int)
+    p.add_argument("--width", type=positive_int)
+    p.add_argument("--frames", type=positive_int)
     _common_model_flags(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -573,9 +585,9 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("schedule", help="schedule JSON file or preset name")
     p.add_argument("--png", help="heat map path (default: the JSON path with .png)")
     p.add_argument("--no-png", action="store_true", help="print only")
-    p.add_argument("--layers", type=int, help="attention sites, to show a preset")
-    p.add_argument("--steps", type=int, help="steps, to show a preset")
-    p.add_argument("--max-columns", type=int, default=16,
+    p.add_argument("--layers", type=positive_int, help="attention sites, to show a preset")
+    p.add_argument("--steps", type=positive_int, help="steps, to show a preset")
+    p.add_argument("--max-columns", type=positive_int, default=16,
                    help="above this many step groups print per-layer means")
     p.set_defaults(func=cmd_show)
 
@@ -598,7 +610,7 @@ def _common_model_flags(p: argparse.ArgumentParser) -> None:
                    help="allow downloading a Hub model that is not cached (default: offline)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")
     p.add_argument("--weights", help="folder of the small model's weights (default: shipped)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -371,9 +371,10 @@ class Schedule:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the schedule as JSON to ``path``."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
+        """Write the schedule as JSON to ``path`` (whole, or not at all)."""
+        from ..files import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Schedule:

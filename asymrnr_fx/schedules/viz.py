@@ -186,5 +186,8 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
         d.text((bx + bar_w + 4, y), f"{v:g}", fill="black", font=small, anchor="lm")
     d.text((bx + bar_w // 2, top - 6), "ratio", fill="black", font=small, anchor="mb")
     if path is not None:
-        img.save(path)
+        from ..files import atomic_path
+
+        with atomic_path(path) as temporary:
+            img.save(temporary)
     return img

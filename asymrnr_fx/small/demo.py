@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..arguments import non_negative_int, positive_int, ratio
+from ..files import check_writable, write_text_atomic
 from .protocol import CALIBRATION, HELD_OUT
 
 __all__ = ["DEFAULT_PROMPTS", "demo_config", "demo_table", "add_arguments", "main", "run_method"]
@@ -58,22 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (used by ``asymrnr demo`` and ``-m``)."""
     parser.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS),
                         help="prompts: a shape, a colour and a motion, optionally a background and a pan")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=None,
                         help="one seed per prompt (default 0, 1, 2, ...)")
-    parser.add_argument("--held-out", type=int, default=4,
+    parser.add_argument("--held-out", type=non_negative_int, default=4,
                         help="with the default prompts, also sample this many clips of the held-out "
                         "set (prompts no schedule was fitted on) and report them apart (default 4)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--kv-ratio", type=float, default=None,
+    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--kv-ratio", type=ratio, default=None,
                         help="uniform K/V ratio instead of the default schedule")
-    parser.add_argument("--q-ratio", type=float, default=None,
+    parser.add_argument("--q-ratio", type=ratio, default=None,
                         help="uniform Q ratio instead of the default schedule")
     parser.add_argument("--schedule", default=None,
                         help="a schedule preset name or JSON file instead of the default schedule")
-    parser.add_argument("--cache-interval", type=int, default=5, help="re-match every k steps")
+    parser.add_argument("--cache-interval", type=positive_int, default=5, help="re-match every k steps")
     parser.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
     parser.add_argument("--out", default="asymrnr_demo", help="output folder for the GIF and JSON")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--inner", default="inductor", choices=("inductor", "eager"),
                         help="compiler for the baseline and behind AsymRnR (default inductor)")
 
@@ -203,11 +205,16 @@ def main(args: argparse.Namespace) -> int:
     from .metrics import attention_cost, psnr, ssim
     from .sampling import clip_geometry, load_small_model, save_gif, token_grid
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     checked = _check_prompts(args)
     if isinstance(checked, str):
         print(f"error: {checked}", file=sys.stderr)
+        return 2
+    try:  # before minutes of sampling, not after
+        check_writable(Path(args.out) / "demo.json", "--out")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     prompts, seeds, labels = checked
     model = load_small_model(args.weights)
@@ -248,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows_gif = [[b, a, ((a - b) * 4).clamp(-1, 1)] for b, a in zip(base["clips"], asym["clips"], strict=True)]
     gif = save_gif(rows_gif, out / "demo.gif")
-    (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "demo.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {gif} (columns: {args.inner} | asymrnr | 4x difference; one row per prompt) "
           f"and {out / 'demo.json'}")
     return 0

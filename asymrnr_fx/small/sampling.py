@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..files import atomic_path
 from .data import Condition, encode_condition, parse_prompt
 
 __all__ = [
@@ -210,6 +211,6 @@ def save_gif(
     grid = _grid(rows, scale, gap)
     images = [Image.fromarray(frame) for frame in grid]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    with atomic_path(path) as temporary:
+        images[0].save(temporary, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
