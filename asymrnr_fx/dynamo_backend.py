@@ -5,8 +5,10 @@
 backend is one *application*: it owns an :class:`~asymrnr_fx.state.AsymRnRState` (steps,
 site count, matching cache), shared by every graph it compiles and reset by
 ``torch.compiler.reset()``. For each captured graph it classifies the attention sites and
-returns a :class:`GraphRunner`, which compiles one rewritten copy of the graph per *phase*
-(distinct kept-token counts of its sites) lazily and, per call, asks the state for the step.
+returns a :class:`GraphRunner`, which compiles one rewritten copy of the graph (the kept counts
+are input sizes) on its first call and, per call, asks the state for the step and the sites'
+indices; a graph captured with symbolic sizes gets a :class:`PerSizeRunner`, which does the
+same once per concrete size.
 """
 
 from __future__ import annotations

@@ -179,9 +179,9 @@ class _SchedulerTap:
             state.set_step(int(begin_index))
 
     def _after_step(self, *args: Any, **kwargs: Any) -> None:
-        for state in self.states:  # (after the last step there is no next one to tell)
-            if state.step >= 0 and (state.num_steps is None or state.step + 1 < state.num_steps):
-                state.set_step(state.step + 1)
+        for state in self.states:
+            if state.step >= 0:
+                state.step_done()
 
     def undo(self) -> None:
         for name in self.METHODS:
@@ -301,7 +301,7 @@ class StepCallback:
             state.set_step(0, num_steps)
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
-        for state in self.states:  # (after the last step there is no next one to tell)
-            if self.num_steps is None or step_index + 1 < self.num_steps:
-                state.set_step(step_index + 1, self.num_steps)
+        for state in self.states:
+            state.set_step(step_index, self.num_steps)  # (the step that just ran)
+            state.step_done(self.num_steps)
         return callback_kwargs

@@ -17,12 +17,21 @@ pipelines) never share steps or indices. ``torch.compiler.reset()`` resets it.
   and marks each forward of the transformer;
 * :meth:`AsymRnRState.set_step` (or :class:`asymrnr_fx.StepCallback`) pins steps by hand.
 
-**Guessed last**, from the graphs' own inputs (plain ``torch.compile`` without ``apply``): one
-tick source per forward (a graph with a ``timestep`` input; else, for repeated blocks compiled
-alone, ``temb``); the largest timestep value (per-token timesteps); the first two distinct
-values set the direction (decreasing, or increasing as in Mochi) and a move against it starts a
-new generation; a repeated value is another forward of the same step (CFG in two calls, or a
-second-order scheduler's repeated timestep).
+**Guessed last** (plain ``torch.compile`` without ``apply``), from what the graphs do, never
+from what the model names its inputs:
+
+* a site is identified by the query projection weight it was given (Dynamo lifts parameters to
+  graph inputs, so this names the block even when one graph serves every block), else by its
+  graph node; its layer index is the order in which its identity first ran
+  (:meth:`AsymRnRState.site_indices`), so a block a cache skips never shifts another;
+* a forward starts when a site of the running forward comes round again
+  (:meth:`AsymRnRState.enter_graph`);
+* the step is ticked by the first noise-level value of a forward (the graph input a sinusoidal
+  embedding is computed from, :mod:`asymrnr_fx.passes.ticks`): the largest value (per-token
+  timesteps); the first two distinct values set the direction (decreasing, or increasing as in
+  Mochi) and a move against it starts a new generation; a repeated value is another forward of
+  the same step (CFG in two calls, or a second-order scheduler's repeated timestep). Without any
+  signal every forward runs as step 0, said once at WARNING.
 """
 
 from __future__ import annotations
@@ -72,15 +81,16 @@ class StepTracker:
         self._direction = 0
         self._temb_value = None
 
-    def tell_step(self, step: int, num_steps: int | None = None) -> None:
-        """Step ``step`` runs next (an earlier step than the current one: a new generation)."""
+    def tell_step(self, step: int, num_steps: int | None = None, *, finished: bool = False) -> None:
+        """Step ``step`` runs next (an earlier step than the current one: a new generation);
+        ``finished`` allows ``step == num_steps``: the generation is done."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step={step!r} is invalid: a non-negative int")
         if num_steps is not None:
             if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
                 raise ValueError(f"num_steps={num_steps!r} is invalid: a positive int")
         total = num_steps if num_steps is not None else self.num_steps
-        if total is not None and step >= total:
+        if total is not None and step >= total + finished:
             raise ValueError(f"step={step} is beyond the generation's num_steps={total}: steps count "
                              f"0 .. {total - 1}; pass the generation's real step count as num_steps")
         if num_steps is not None:
@@ -241,12 +251,20 @@ class AsymRnRState:
         self._follow_generation()
 
     def set_step(self, step: int, num_steps: int | None = None) -> None:
-        """Pin the step of the next forward(s) (turns guessing off until :meth:`reset`).
+        """Pin the step of the next forward(s) (turns guessing off until :meth:`reset`); a
+        step beyond the generation's ``num_steps`` is a ValueError.
 
         The running forward, if any, ends here: the next graph call starts a new one.
         """
         self.end_forward()
         self.tracker.tell_step(step, num_steps)
+        self._follow_generation()
+
+    def step_done(self, num_steps: int | None = None) -> None:
+        """The running step ended (a scheduler's ``step``, a step-end callback): the next one
+        runs next; after the last step the generation is done (``step == num_steps``)."""
+        self.end_forward()
+        self.tracker.tell_step(self.tracker.step + 1, num_steps, finished=True)
         self._follow_generation()
 
     def _follow_generation(self) -> None:
@@ -321,11 +339,14 @@ class AsymRnRState:
         tick graph run before the first site of the next forward, or once per block) is kept
         for the next forward, so a graph that only ticks never needs to start one.
         """
+        own_tick = tick is not None and tick[0] == self.tick_kind
         if not self._forward_open or (not self.hooked and not self._forward_keys.isdisjoint(site_keys)):
             self.end_forward()
+            if own_tick:  # the call that starts the forward brings its own noise level
+                self._pending_tick = None
             self._open_forward()
         self._forward_keys.update(site_keys)
-        if tick is not None and tick[0] == self.tick_kind:
+        if own_tick:
             if self._ticked and not self.hooked:
                 self._pending_tick = tick
             else:
