@@ -208,6 +208,7 @@ class AsymRnRState:
         # Index of every site by its identity (key, occurrence in the forward), in the order
         # the sites first ran: the layer a schedule addresses.
         self.site_order: dict[tuple[Hashable, int], int] = {}
+        self._repeats: dict[Hashable, int] = {}  # identities run several times per forward
         self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
         self.fallbacks: list[Fallback] = []  # rewrites that could not run as compiled
         self._logged: set[str] = set()
@@ -310,6 +311,17 @@ class AsymRnRState:
         self._forward_open = False
         if self.ratios.sites_per_forward is None and self._forward_sites:
             self.ratios.set_sites_per_forward(len(self.site_order))
+            self._repeats = {key: n for key, n in self._occurrences.items() if n > 1}
+        elif any(self._occurrences.get(key, 0) not in (0, n) for key, n in self._repeats.items()):
+            # One identity ran several times per forward (a graph node shared by blocks whose
+            # weights are not graph inputs): only call order tells them apart, and this forward
+            # ran a different number of them.
+            self.log_once(
+                "asymrnr: some attention calls are told apart only by their call order (one "
+                "graph serves several blocks whose weights are not graph inputs), and this "
+                "forward ran fewer or more of them than the first: which block was skipped "
+                "cannot be told, so their ratios and cached indices may belong to another "
+                "block; compile the whole model, or use apply(pipe)", logging.WARNING)
         num_steps = self.tracker.num_steps
         if num_steps is not None and self.tracker.step >= num_steps - 1:  # the generation's last step
             self._warn_if_nothing_reduced()

@@ -236,3 +236,28 @@ def test_a_schedule_of_the_wrong_layer_count_fails_before_the_first_output() -> 
             model(_x(), timestep=torch.tensor([900.0]))
     finally:
         asymrnr_fx.remove(model)
+
+
+def _weights_as_buffers(model: nn.Module) -> nn.Module:
+    """Plain tensors instead of parameters: a graph served to several blocks then cannot tell
+    them apart by their weights."""
+    for module in list(model.modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            delattr(module, name)
+            module.register_buffer(name, param.detach().clone())
+    return model
+
+
+def test_sites_told_apart_only_by_call_order_say_when_a_block_was_skipped(caplog) -> None:
+    model = _weights_as_buffers(Toy(layers=3, graph_break=True))
+    asymrnr_fx.apply(model, kv_ratio=0.5, grid=GRID, inner="eager")
+    try:
+        with torch.no_grad(), caplog.at_level(logging.WARNING, logger="asymrnr_fx"):
+            for step, t in enumerate((900.0, 700.0, 500.0)):
+                model.skip = {1} if step == 2 else set()
+                model(_x(), timestep=torch.tensor([t]))
+                if step < 2:
+                    assert "call order" not in caplog.text
+    finally:
+        asymrnr_fx.remove(model)
+    assert sum("call order" in r.getMessage() for r in caplog.records) == 1
