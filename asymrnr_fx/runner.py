@@ -71,22 +71,40 @@ class InnerCompiler:
     def dynamic(self, gm: fx.GraphModule, dynamic_dims: Sequence[tuple[int, int]]) -> Callable[..., Any]:
         """Compile on first call, with the ``(input, dim)`` sizes in ``dynamic_dims`` symbolic.
 
-        The graph is already captured, so it goes to Inductor directly, traced on fake inputs
-        whose ``dynamic_dims`` are symbols: no second Dynamo trace, which could fail on nodes
-        the first trace put into the graph (an autocast region that warns on CPU, say).
-        Nothing guards the other sizes: the runner serves one captured graph, whose inputs
-        Dynamo's own guards keep at the captured shapes.
+        First as Dynamo would: the rewritten graph traced again with those sizes marked
+        dynamic (its guards keep every other size at the captured one). That second trace can
+        refuse a node the first trace put into the graph (Mochi's float32 autocast region warns
+        on CPU, and Dynamo does not trace ``warnings.warn``): then the graph goes to Inductor
+        directly, traced on fake inputs whose ``dynamic_dims`` are symbols
+        (:func:`symbolic_inputs`). The runner serves one captured graph, whose other input
+        sizes Dynamo's own guards keep fixed.
         """
         if self.inner == "eager":
             return gm.forward
         patches = self.config_patches
+
+        def inductor(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+            return _inductor(graph, example_inputs, patches)
+
+        retraced = torch.compile(gm, backend=inductor, fullgraph=True)
         compiled: Callable[..., Any] | None = None
 
         def run(*args: Any) -> Any:
             nonlocal compiled
-            if compiled is None:
+            if compiled is not None:
+                return compiled(*args)
+            for index, dim in dynamic_dims:
+                torch._dynamo.maybe_mark_dynamic(args[index], dim)
+            try:
+                # Without duck shaping a kept count equal to the video length (ratio 0 on the
+                # first call) stays its own symbol instead of being tied to that length.
+                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                    result = retraced(*args)
+                compiled = retraced
+            except torch._dynamo.exc.Unsupported:  # the second trace refused the graph
                 compiled = _inductor(gm, symbolic_inputs(args, dynamic_dims), patches)
-            return compiled(*args)
+                result = compiled(*args)
+            return result
 
         return run
 

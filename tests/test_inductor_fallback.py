@@ -81,7 +81,7 @@ def test_a_rewrite_inductor_cannot_compile_runs_without_inductor(monkeypatch, ca
     (fallback,) = backend.state.fallbacks
     assert fallback.runs == "rewrite without inductor"
     assert fallback.causes == ("Inductor: RuntimeError: inductor says no",)
-    (line,) = _warnings(caplog)
+    (line,) = [line for line in _warnings(caplog) if "failed" in line]
     assert "inductor says no" in line and "without Inductor" in line
 
 
@@ -110,4 +110,4 @@ def test_a_rewrite_that_cannot_run_at_all_runs_the_original_graph(monkeypatch, c
     torch.testing.assert_close(second, plain)
     (fallback,) = backend.state.fallbacks
     assert fallback.runs == "original graph" and "broken rewrite" in fallback.causes[0]
-    assert len(_warnings(caplog)) == 1
+    assert sum("failed" in line for line in _warnings(caplog)) == 1

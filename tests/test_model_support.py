@@ -144,7 +144,7 @@ def test_inductor_behind_the_rewrite(name: str) -> None:
 def test_every_rewritten_config_was_compiled_with_inductor_in_the_saved_table() -> None:
     saved = saved_inductor_column()
     for name, (rewritten, *_rest) in EXPECTED.items():
-        assert saved.get(name) == ("equal" if rewritten else "-"), (name, saved.get(name))
+        assert saved.get(name, "").startswith("equal") if rewritten else saved.get(name) == "-", (name, saved.get(name))
 
 
 def test_readme_model_support_section_is_the_generated_table() -> None:
