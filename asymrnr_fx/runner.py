@@ -381,6 +381,10 @@ class GraphRunner:
                        logging.WARNING)
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
+    """``Type: first line`` of the error underneath (Dynamo wraps a backend's error in
+    ``BackendCompilerFailed``)."""
+    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+        error = inner
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
