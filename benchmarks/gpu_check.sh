@@ -34,6 +34,9 @@ TOTAL_S=${GPU_CHECK_SECONDS:-470}
 START=$SECONDS
 
 log() { echo "[gpu_check +$((SECONDS - START))s] $*" | tee -a "$OUT/gpu_check.log"; }
+FAILED=()
+# stage NAME EXIT: log it, and remember a failure for the summary (the script fails at the end).
+stage() { log "$1 exit $2"; [ "$2" -eq 0 ] || FAILED+=("$1 (exit $2)"); }
 left() { echo $((TOTAL_S - (SECONDS - START))); }
 
 # -- 1. install ---------------------------------------------------------------------------
@@ -89,7 +92,8 @@ log "environment: $(cat "$OUT/env.json")"
 # -- 2. kernel tests ------------------------------------------------------------------------
 timeout 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider -rs tests/test_nearest.py \
     --junitxml="$OUT/test_nearest.xml" >"$OUT/test_nearest.log" 2>&1
-log "tests/test_nearest.py exit $? ($(tail -n 1 "$OUT/test_nearest.log"))"
+stage "tests/test_nearest.py" $?
+log "tests/test_nearest.py: $(tail -n 1 "$OUT/test_nearest.log")"
 # What the op does on this GPU by default: the fused kernel, or the chunked fallback and why.
 timeout 60 "$PY" - >"$OUT/kernel_health.json" 2>>"$OUT/kernel_health.log" <<'EOF'
 import json, torch
@@ -105,20 +109,29 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
                                     "reason": nearest.kernel_health.reasons.get(key)}
 print(json.dumps(out))
 EOF
+stage "kernel health" $?
 log "kernel health: $(cat "$OUT/kernel_health.json")"
 
 # -- 3. attention at HunyuanVideo size ------------------------------------------------------
 timeout 120 "$PY" -m benchmarks.speed --preset hunyuan-attn --out "$OUT/speed_hunyuan-attn.json" \
     >"$OUT/speed_hunyuan-attn.log" 2>&1
-log "hunyuan-attn exit $?"
+stage "hunyuan-attn" $?
 
 # -- 4. CogVideoX-2B transformer ------------------------------------------------------------
 BUDGET=$(($(left) - 20))
 if [ "$BUDGET" -lt 120 ]; then
     log "only ${BUDGET}s left: cogvideox-2b skipped"
+    FAILED+=("cogvideox-2b (no time left)")
 else
     timeout "$BUDGET" "$PY" -m benchmarks.speed --preset cogvideox-2b --time-budget $((BUDGET - 30)) \
         --out "$OUT/speed_cogvideox-2b.json" >"$OUT/speed_cogvideox-2b.log" 2>&1
-    log "cogvideox-2b exit $? (budget ${BUDGET}s)"
+    stage "cogvideox-2b (budget ${BUDGET}s)" $?
+fi
+for result in env.json kernel_health.json test_nearest.xml speed_hunyuan-attn.json speed_cogvideox-2b.json; do
+    [ -s "$OUT/$result" ] || FAILED+=("missing $result")
+done
+if [ ${#FAILED[@]} -gt 0 ]; then
+    log "FAILED: ${FAILED[*]}; results so far in $OUT"
+    exit 1
 fi
 log "done; results in $OUT"

@@ -28,6 +28,12 @@ def _context_parallel(document: dict) -> str:
     return markdown(document)
 
 
+def _real_sizes(document: dict) -> str:
+    from benchmarks.real_sizes import render
+
+    return render(document["rows"])
+
+
 def _stacking(document: dict) -> str:
     from benchmarks.compose import render
 
@@ -62,6 +68,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "demo": ("demo.json", _demo, "asymrnr demo, then copy asymrnr_demo/demo.json to benchmarks/results/"),
     "composition": ("compose_matrix.json", _composition, "python -m tests.compose_matrix"),
     "context-parallel": ("context_parallel.json", _context_parallel, "python -m tests.cp_harness"),
+    "real-sizes": ("real_sizes.json", _real_sizes, "python -m benchmarks.real_sizes"),
     "stacking": ("compose.json", _stacking, "python -m benchmarks.compose --threads 2"),
     "quality": ("quality.json", _quality, "python -m benchmarks.quality --threads 2"),
     "calibration": ("calibration.json", _calibration, "python -m benchmarks.calibration --threads 2"),
