@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from benchmarks.real_sizes import MODELS, RealModel, forward_counts, matching_flops, preset_saving, sdpa_flops
+from benchmarks.real_sizes import (
+    MODELS,
+    RealModel,
+    forward_counts,
+    matching_flops,
+    preset_saving,
+    sdpa_flops,
+)
 
 HEADS, HEAD_DIM, LAYERS, TEXT = 2, 8, 2, 6
 LATENT = (4, 3, 8, 8)  # channels, frames, height, width -> grid (3, 4, 4) under patch 2
