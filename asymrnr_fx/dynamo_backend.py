@@ -25,7 +25,14 @@ from .context_parallel import RING_REFUSAL
 from .passes.grid import infer_grid
 from .passes.parallel import ring_attention
 from .passes.shapes import concrete_graph, has_symbolic_sizes, size_signature
-from .passes.sites import NOT_VIDEO, AttentionSite, classify_sites, find_sdpa_nodes, module_classes
+from .passes.sites import (
+    NOT_VIDEO,
+    AttentionSite,
+    SiteKind,
+    classify_sites,
+    find_sdpa_nodes,
+    module_classes,
+)
 from .passes.ticks import find_tick_input
 from .processors import unprepared_warning
 from .runner import RUNNER_IDS, GraphRunner, InnerCompiler
@@ -113,7 +120,7 @@ def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRSta
         return
     rewritten = sum(s.rewritable for s in sites)
     state.log_once(f"asymrnr: graph {id(gm.graph):x}: {rewritten} of {len(sites)} attention sites rewritten")
-    fixable = sorted({s.reason for s in sites if not s.rewritable and not s.reason.startswith(NOT_VIDEO)})
+    fixable = sorted({s.reason for s in sites if not s.rewritable and s.kind not in NOT_VIDEO})
     if not rewritten and fixable:
         state.log_once(f"asymrnr: {len(sites)} attention site(s) in a graph and none rewritten, so "
                   f"AsymRnR does nothing there: {' | '.join(fixable)}", logging.WARNING)
@@ -151,7 +158,7 @@ def build_runner(gm: fx.GraphModule, example_inputs: Sequence[Any], state: AsymR
     _warn_if_unprepared(gm, state)
     runner_sites = [s for s in sites if s.rewritable]
     if config.grid is not None and sites and not runner_sites:
-        too_short = [s for s in sites if "shorter than the" in s.reason]
+        too_short = [s for s in sites if s.kind is SiteKind.SHORTER_THAN_GRID]
         if too_short:
             raise ValueError(
                 f"grid={config.grid} ({math.prod(config.grid)} video tokens) matches no attention "

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_STRIDE
+
 __all__ = ["ModelFamily", "FAMILIES", "family_of", "patch_sizes", "latent_grid", "pipeline_grid"]
 
 
@@ -36,7 +38,7 @@ class ModelFamily:
         """The reference's partition stride for this family (the preset's)."""
         from .schedules.presets import PRESETS
 
-        return PRESETS[self.preset].stride if self.preset else (2, 2, 2)
+        return PRESETS[self.preset].stride if self.preset else DEFAULT_STRIDE
 
     @property
     def context_parallel(self) -> Any:
@@ -51,39 +53,51 @@ class ModelFamily:
         """The reference's matching cache interval for this family (the preset's)."""
         from .schedules.presets import PRESETS
 
-        return PRESETS[self.preset].cache_interval if self.preset else 5
+        return PRESETS[self.preset].cache_interval if self.preset else DEFAULT_CACHE_INTERVAL
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily("cogvideox", ("CogVideoXTransformer3DModel", "ConsisIDTransformer3DModel"), "before", 1,
-                "cogvideox-2b", "cogvideox"),
-    ModelFamily("hunyuanvideo", ("HunyuanVideoTransformer3DModel", "HunyuanVideoFramepackTransformer3DModel"),
-                "after", 2, "hunyuanvideo", "hunyuanvideo"),
-    ModelFamily("hunyuanvideo15", ("HunyuanVideo15Transformer3DModel",), "after", 2, "hunyuanvideo",
-                "hunyuanvideo15"),
-    ModelFamily("mochi", ("MochiTransformer3DModel",), "after", 2, "mochi", "mochi"),
-    ModelFamily("wan", ("WanTransformer3DModel", "WanVACETransformer3DModel", "ChronoEditTransformer3DModel",
-                        "SkyReelsV2Transformer3DModel", "WanAnimateTransformer3DModel",
-                        "WanAnimate2Transformer3DModel"), None, 2, "wan2.1", "wan"),
-    ModelFamily("ltx-video", ("LTXVideoTransformer3DModel", "LTX2VideoTransformer3DModel",
-                              "SanaWMLTX2RefinerTransformer3DModel"), None, 2,
-                "ltx-video", "ltxvideo"),
-    ModelFamily("cosmos", ("CosmosTransformer3DModel",), None, 2, None, "cosmos"),
-    ModelFamily("easyanimate", ("EasyAnimateTransformer3DModel",), "before", 2, None, "easyanimate"),
-    ModelFamily("allegro", ("AllegroTransformer3DModel",), None, 2, None, "allegro"),
-    ModelFamily("latte", ("LatteTransformer3DModel",), None, 2, None, "latte"),
-    ModelFamily("anyflow", ("AnyFlowTransformer3DModel", "AnyFlowFARTransformer3DModel"), None, 1, "wan2.1",
-                "anyflow"),
-    ModelFamily("helios", ("HeliosTransformer3DModel",), None, 2, "wan2.1", "helios"),
-    ModelFamily("motif-video", ("MotifVideoTransformer3DModel",), "after", 2, None, "motif-video"),
-    ModelFamily("joyimage", ("JoyImageEditTransformer3DModel", "JoyImageEditPlusTransformer3DModel"), None, 2,
-                None, "joyimage-edit"),
-    ModelFamily("sana-video", ("SanaVideoTransformer3DModel", "SanaWMTransformer3DModel"), None, 2, None,
-                "sana-video"),
-    ModelFamily("minimax-h3", ("MiniMaxH3Transformer3DModel",), None, 2, None, "minimax-h3"),
-    ModelFamily("cosmos3", ("Cosmos3OmniTransformer",), None, 2, None, "cosmos3-omni"),
-    ModelFamily("kandinsky", ("Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel",
-                              "Kandinsky6SRTransformer3DModel"), None, 1, None, "kandinsky5", channels_last=True),
+    ModelFamily(name="cogvideox", classes=("CogVideoXTransformer3DModel", "ConsisIDTransformer3DModel"),
+                text_side="before", frames_axis=1, preset="cogvideox-2b", tiny="cogvideox"),
+    ModelFamily(name="hunyuanvideo",
+                classes=("HunyuanVideoTransformer3DModel", "HunyuanVideoFramepackTransformer3DModel"),
+                text_side="after", frames_axis=2, preset="hunyuanvideo", tiny="hunyuanvideo"),
+    ModelFamily(name="hunyuanvideo15", classes=("HunyuanVideo15Transformer3DModel",), text_side="after",
+                frames_axis=2, preset="hunyuanvideo", tiny="hunyuanvideo15"),
+    ModelFamily(name="mochi", classes=("MochiTransformer3DModel",), text_side="after", frames_axis=2,
+                preset="mochi", tiny="mochi"),
+    ModelFamily(name="wan",
+                classes=("WanTransformer3DModel", "WanVACETransformer3DModel", "ChronoEditTransformer3DModel", "SkyReelsV2Transformer3DModel", "WanAnimateTransformer3DModel", "WanAnimate2Transformer3DModel"),
+                text_side=None, frames_axis=2, preset="wan2.1", tiny="wan"),
+    ModelFamily(name="ltx-video",
+                classes=("LTXVideoTransformer3DModel", "LTX2VideoTransformer3DModel", "SanaWMLTX2RefinerTransformer3DModel"),
+                text_side=None, frames_axis=2, preset="ltx-video", tiny="ltxvideo"),
+    ModelFamily(name="cosmos", classes=("CosmosTransformer3DModel",), text_side=None, frames_axis=2,
+                preset=None, tiny="cosmos"),
+    ModelFamily(name="easyanimate", classes=("EasyAnimateTransformer3DModel",), text_side="before",
+                frames_axis=2, preset=None, tiny="easyanimate"),
+    ModelFamily(name="allegro", classes=("AllegroTransformer3DModel",), text_side=None, frames_axis=2,
+                preset=None, tiny="allegro"),
+    ModelFamily(name="latte", classes=("LatteTransformer3DModel",), text_side=None, frames_axis=2,
+                preset=None, tiny="latte"),
+    ModelFamily(name="anyflow", classes=("AnyFlowTransformer3DModel", "AnyFlowFARTransformer3DModel"),
+                text_side=None, frames_axis=1, preset="wan2.1", tiny="anyflow"),
+    ModelFamily(name="helios", classes=("HeliosTransformer3DModel",), text_side=None, frames_axis=2,
+                preset="wan2.1", tiny="helios"),
+    ModelFamily(name="motif-video", classes=("MotifVideoTransformer3DModel",), text_side="after",
+                frames_axis=2, preset=None, tiny="motif-video"),
+    ModelFamily(name="joyimage",
+                classes=("JoyImageEditTransformer3DModel", "JoyImageEditPlusTransformer3DModel"),
+                text_side=None, frames_axis=2, preset=None, tiny="joyimage-edit"),
+    ModelFamily(name="sana-video", classes=("SanaVideoTransformer3DModel", "SanaWMTransformer3DModel"),
+                text_side=None, frames_axis=2, preset=None, tiny="sana-video"),
+    ModelFamily(name="minimax-h3", classes=("MiniMaxH3Transformer3DModel",), text_side=None, frames_axis=2,
+                preset=None, tiny="minimax-h3"),
+    ModelFamily(name="cosmos3", classes=("Cosmos3OmniTransformer",), text_side=None, frames_axis=2,
+                preset=None, tiny="cosmos3-omni"),
+    ModelFamily(name="kandinsky",
+                classes=("Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel", "Kandinsky6SRTransformer3DModel"),
+                text_side=None, frames_axis=1, preset=None, tiny="kandinsky5", channels_last=True),
 )
 
 

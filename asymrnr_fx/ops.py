@@ -1,7 +1,9 @@
 """The tensor ops of AsymRnR: partition, match, reduce, attend, restore.
 
-Everything here is plain PyTorch with static shapes, so a rewritten graph that calls these
-functions traces through AOTAutograd and Inductor like any other code. Index conventions:
+Everything here is plain PyTorch, so a rewritten graph that calls these functions traces
+through AOTAutograd and Inductor like any other code; the kept count K is the size of an index
+tensor, which the compiled rewrite treats as a dynamic size (one graph for every ratio). Index
+conventions:
 
 * ``keep``    (B, H, K) int64: which video tokens survive, per head (dst tokens first).
 * ``restore`` (B, H, N) int64: for every video token, the row of the reduced sequence that

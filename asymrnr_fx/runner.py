@@ -309,7 +309,7 @@ class GraphRunner:
                 state.stats["cache_hits"] += 1
                 extra += [*self._fill(slot, device, "partition"), entry.keep, entry.restore]
                 continue
-            part = state.partition(site, slot.component, window, plan.layout.grid,
+            part = state.partition_for(site, slot.component, window, plan.layout.grid,
                                    plan.partition_stride(self.settings), device)
             flags[n] = True
             refreshed.append((n, site, slot.component, key))

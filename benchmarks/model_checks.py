@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from asymrnr_fx.passes.grid import infer_grid
-from asymrnr_fx.passes.sites import AttentionSite, classify_sites
+from asymrnr_fx.passes.sites import AttentionSite, SiteKind, classify_sites
 from torch.overrides import TorchFunctionMode
 
 import asymrnr_fx
@@ -43,7 +43,7 @@ from asymrnr_fx.tiny_models import TinyModel, build_tiny
 from tests.reference import reference_attention
 
 __all__ = ["ModelRow", "CompiledRun", "CHECK_CONFIG", "check_model", "run_compiled", "output_tensors",
-           "compare_with_reference", "check_regional", "check_inductor"]
+           "compare_with_reference", "check_regional", "check_inductor", "site_label"]
 
 # Both components cut at every site: the strongest test of the rewrite.
 CHECK_CONFIG = asymrnr_fx.AsymRnRConfig(kv_ratio=0.5, q_ratio=0.3, seed=7)
@@ -61,6 +61,8 @@ class ModelRow:
     plain_rewritten: int = 0  # the same under a plain torch.compile(model, backend="asymrnr")
     reasons: list[str] = field(default_factory=list)  # distinct reasons of the calls left alone
     plain_reasons: list[str] = field(default_factory=list)  # ... and of those only plain leaves
+    labels: list[str] = field(default_factory=list)  # the table's words for ``reasons``, from the kinds
+    plain_labels: list[str] = field(default_factory=list)  # ... and for ``plain_reasons``
     graphs: int = 0
     warnings: list[str] = field(default_factory=list)  # WARNING lines of the asymrnr_fx logger
     reference: str = ""  # "equal", "differs", or why it was not compared
@@ -334,15 +336,37 @@ def check_inductor(tiny: TinyModel, run: CompiledRun,
     return "differs", error
 
 
+# The table's words for why a call is left alone, by the pass's typed verdict.
+LABELS = {
+    SiteKind.CROSS_ATTENTION: "cross-attention",
+    SiteKind.PER_QUERY_MASK: "per-query mask (may be causal)",
+    SiteKind.CAUSAL: "causal",
+    SiteKind.GROUPED_QUERY: "grouped-query",
+    SiteKind.NO_GRID_EVIDENCE: "no grid evidence",
+    SiteKind.SHORTER_THAN_GRID: "shorter than the video grid (text, audio, per-frame or temporal)",
+    SiteKind.LAYOUT_UNKNOWN: "where the video sits is unknown",
+    SiteKind.SEVERAL_GRIDS: "several grids fit",
+}
+
+
+def site_label(site: AttentionSite) -> str:
+    """A few words for why ``site`` is left alone, for the table."""
+    if site.kind is SiteKind.OTHER_KERNEL:
+        return f"{site.kernel} (not SDPA)"
+    return LABELS.get(site.kind, site.kind.value)
+
+
 def _site_counts(row: ModelRow, run: CompiledRun, tiny: TinyModel) -> None:
     sites = run.call_sites()
     row.graphs = len(run.graphs)
     row.rewritten = sum(s.rewritable for s in sites)
     row.left_alone = len(sites) - row.rewritten
     row.reasons = sorted({s.reason for s in sites if not s.rewritable})
+    row.labels = sorted({site_label(s) for s in sites if not s.rewritable})
     plain = run.call_sites(run.plain_sites())
     row.plain_rewritten = sum(s.rewritable for s in plain)
     row.plain_reasons = sorted({s.reason for s in plain if not s.rewritable} - set(row.reasons))
+    row.plain_labels = sorted({site_label(s) for s in plain if not s.rewritable} - set(row.labels))
     for site in sites:  # a rewritten call covers exactly the video grid, nothing else
         if site.rewritable and (site.layout.grid != tiny.grid or site.layout.video_len != math.prod(tiny.grid)):
             row.reference = f"wrong grid {site.layout.grid} at {site.node_name} (video grid {tiny.grid})"

@@ -29,19 +29,6 @@ __all__ = ["video_classes", "render_table", "readme_table", "run_all", "main"]
 # Video transformers whose name does not say 3-D.
 EXTRA_VIDEO_CLASSES = ("Cosmos3OmniTransformer",)
 
-# Short names for the reasons a call is left alone (the JSON keeps the full text).
-_SHORT_REASONS = (
-    ("cross-attention", "cross-attention"),
-    ("full query x key attention mask", "per-query mask (may be causal)"),
-    ("causal attention", "causal"),
-    ("grouped-query", "grouped-query"),
-    ("no evidence that this is video", "no grid evidence"),
-    ("sequence of", "shorter than the video grid (text, audio, per-frame or temporal)"),
-    ("cannot tell where the", "where the video sits is unknown"),
-    ("several video grids fit", "several grids fit"),
-)
-
-
 def video_classes() -> list[str]:
     """The video transformer classes diffusers exports: ``*Transformer3DModel`` under
     ``diffusers.models.transformers``, and those of :data:`EXTRA_VIDEO_CLASSES`."""
@@ -57,17 +44,8 @@ def video_classes() -> list[str]:
     return sorted(names)
 
 
-def short_reason(reason: str) -> str:
-    """A few words for one reason, for the table."""
-    if reason.startswith("fits none of the video grids"):  # the grid's own reason says why
-        return short_reason(reason[reason.find(": ") + 2:])
-    if reason.startswith("attention kernel "):
-        return f"{reason.split()[2]} (not SDPA)"
-    return next((short for prefix, short in _SHORT_REASONS if prefix in reason), reason)
-
-
-def _reasons(reasons: Iterable[str]) -> str:
-    return "; ".join(dict.fromkeys(short_reason(r) for r in reasons)) or ""
+def _labels(labels: Iterable[str]) -> str:
+    return "; ".join(labels)
 
 
 def _cell(value: Any) -> str:
@@ -77,14 +55,14 @@ def _cell(value: Any) -> str:
 def _model_line(row: dict[str, Any]) -> str:
     total = row["rewritten"] + row["left_alone"]
     plain = f"{row['plain_rewritten']} / {total}"
-    if row["plain_reasons"]:
-        plain += f" ({_reasons(row['plain_reasons'])})"
+    if row["plain_labels"]:
+        plain += f" ({_labels(row['plain_labels'])})"
     if row["prepared"]:
         plain += " after `asymrnr_fx.prepare`"
     reference = row["reference"] if row["reference"] != "nothing rewritten" else "-"
     regional = row["regional"].replace("_repeated_blocks", "`_repeated_blocks`")
     cells = [f"`{row['model']}`", row["config"], f"{row['rewritten']} / {total}", plain,
-             _reasons(row["reasons"]), reference, row["inductor"] or "not checked", regional, row["notes"]]
+             _labels(row["labels"]), reference, row["inductor"] or "not checked", regional, row["notes"]]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 

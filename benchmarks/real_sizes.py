@@ -67,9 +67,10 @@ class RealModel:
 
     def grid(self, config: Any) -> tuple[int, int, int]:
         """The video token grid under the model's patch sizes (``config``: its diffusers config)."""
+        from asymrnr_fx.models import patch_sizes
+
         _, frames, height, width = self.latent
-        patch = config.get("patch_size", 1)
-        pt, ph, pw = patch if isinstance(patch, (tuple, list)) else (config.get("patch_size_t") or 1, patch, patch)
+        pt, ph, pw = patch_sizes(config)
         return frames // pt, height // ph, width // pw
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .verdicts import Refusal, SiteKind
 from .walk import ancestors
 
 __all__ = ["SequenceLayout", "infer_grid", "infer_layout", "layout_from_evidence"]
@@ -126,20 +127,22 @@ def _sequence_pieces(query: fx.Node, seq_len: int, max_depth: int = 40) -> list[
 
 
 def _video_tokens(query: fx.Node, seq_len: int, grid: tuple[int, int, int] | None,
-                  text_tokens: int | None, allow_1d: bool, shards: int) -> int | str:
+                  text_tokens: int | None, allow_1d: bool, shards: int) -> int | Refusal:
     """Video tokens of the (rank-local) sequence, or why there is no proof it holds video."""
     if grid is not None:
         if math.prod(grid) % shards:
-            return f"the {math.prod(grid)} video tokens do not split evenly over {shards} processes"
+            return Refusal(SiteKind.CONTEXT_PARALLEL,
+                           f"the {math.prod(grid)} video tokens do not split evenly over {shards} processes")
         video_len = math.prod(grid) // shards
         if seq_len < video_len:
-            return (f"sequence of {seq_len * shards} tokens is shorter than the "
-                    f"{video_len * shards} video tokens (not video attention)")
+            return Refusal(SiteKind.SHORTER_THAN_GRID, f"sequence of {seq_len * shards} tokens is shorter "
+                           f"than the {video_len * shards} video tokens (not video attention)")
         return video_len
     if not allow_1d:
-        return ("no evidence that this is video: no graph showed the patch embedding and no grid "
-                "was given; use asymrnr_fx.apply(pipe) (or apply(pipe, regional=True)), which reads "
-                "the grid from the transformer's input, or backend(grid=(T, H, W))")
+        return Refusal(SiteKind.NO_GRID_EVIDENCE,
+                       "no evidence that this is video: no graph showed the patch embedding and no grid "
+                       "was given; use asymrnr_fx.apply(pipe) (or apply(pipe, regional=True)), which reads "
+                       "the grid from the transformer's input, or backend(grid=(T, H, W))")
     if text_tokens is not None:
         return seq_len - text_tokens // shards
     pieces = _sequence_pieces(query, seq_len)
@@ -147,18 +150,19 @@ def _video_tokens(query: fx.Node, seq_len: int, grid: tuple[int, int, int] | Non
 
 
 def _text_side(query: fx.Node, seq_len: int, text_len: int, video_len: int,
-               text_side: str | None) -> str:
+               text_side: str | None) -> str | Refusal:
     """Where the text sits ("before"/"after"), or the reason it cannot be told."""
     if text_side is not None:
         return text_side
     if text_len == video_len:
-        return f"text and video are both {video_len} tokens: cannot tell which is which (set text_side)"
+        return Refusal(SiteKind.LAYOUT_UNKNOWN,
+                       f"text and video are both {video_len} tokens: cannot tell which is which (set text_side)")
     pieces = _sequence_pieces(query, seq_len)
     if pieces == [text_len, video_len]:
         return "before"
     if pieces == [video_len, text_len]:
         return "after"
-    return f"cannot tell where the {text_len} text tokens are (set text_side)"
+    return Refusal(SiteKind.LAYOUT_UNKNOWN, f"cannot tell where the {text_len} text tokens are (set text_side)")
 
 
 def infer_layout(
@@ -169,7 +173,7 @@ def infer_layout(
     text_side: str | None = None,
     allow_1d: bool = False,
     shards: int = 1,
-) -> SequenceLayout | str:
+) -> SequenceLayout | Refusal:
     """The layout of an attention sequence of ``seq_len`` tokens, or the reason there is none.
 
     Without a ``grid`` there is no proof that the sequence holds video: the site is left
@@ -178,22 +182,22 @@ def infer_layout(
     layout returned is that of the whole, gathered sequence.
     """
     if seq_len % shards or (text_tokens is not None and text_tokens % shards):
-        return f"the sequence does not split evenly over {shards} processes"
+        return Refusal(SiteKind.CONTEXT_PARALLEL, f"the sequence does not split evenly over {shards} processes")
     local_len = seq_len // shards
     video_len = _video_tokens(query, local_len, grid, text_tokens, allow_1d, shards)
-    if isinstance(video_len, str):
+    if isinstance(video_len, Refusal):
         return video_len
     text_len = local_len - video_len
     if text_tokens is not None and text_tokens != text_len * shards:
-        return (f"text_tokens={text_tokens} does not match the sequence ({seq_len} - "
-                f"{video_len * shards} video tokens)")
+        return Refusal(SiteKind.LAYOUT_UNKNOWN, f"text_tokens={text_tokens} does not match the sequence "
+                       f"({seq_len} - {video_len * shards} video tokens)")
     if video_len <= 0:
-        return "no video tokens in the sequence"
+        return Refusal(SiteKind.LAYOUT_UNKNOWN, "no video tokens in the sequence")
     token_grid = grid if grid is not None else (video_len * shards, 1, 1)
     if text_len == 0:
         return SequenceLayout(0, video_len * shards, token_grid, 0, grid is not None, shards)
     side = _text_side(query, local_len, text_len, video_len, text_side)
-    if side not in ("before", "after"):
+    if isinstance(side, Refusal):
         return side
     start = text_len * shards if side == "before" else 0
     return SequenceLayout(start, video_len * shards, token_grid, text_len * shards, grid is not None, shards)
@@ -206,20 +210,24 @@ def layout_from_evidence(
     text_tokens: int | None = None,
     text_side: str | None = None,
     shards: int = 1,
-) -> SequenceLayout | str:
+) -> SequenceLayout | Refusal:
     """The layout for the one grid among ``grids`` (evidence gathered outside this graph:
     another graph's patch embedding, or the model's input) that fits the sequence."""
-    fits, reasons = {}, []
+    fits, refusals = {}, []
     for grid in dict.fromkeys(grids):
         layout = infer_layout(query, seq_len, grid, text_tokens, text_side, shards=shards)
         if isinstance(layout, SequenceLayout):
             fits[grid] = layout
         else:
-            reasons.append(f"{grid}: {layout}")
+            refusals.append((grid, layout))
     if len(fits) == 1:
         return next(iter(fits.values()))
     if fits:
-        return f"several video grids fit this sequence ({sorted(fits)}): set grid=(T, H, W)"
-    if not reasons:
+        return Refusal(SiteKind.SEVERAL_GRIDS,
+                       f"several video grids fit this sequence ({sorted(fits)}): set grid=(T, H, W)")
+    if not refusals:
         return infer_layout(query, seq_len, None, text_tokens, text_side, shards=shards)
-    return f"fits none of the video grids of this model ({'; '.join(reasons)})"
+    kinds = {refusal.kind for _, refusal in refusals}
+    reasons = "; ".join(f"{grid}: {refusal.message}" for grid, refusal in refusals)
+    return Refusal(kinds.pop() if len(kinds) == 1 else SiteKind.LAYOUT_UNKNOWN,
+                   f"fits none of the video grids of this model ({reasons})")

@@ -33,6 +33,7 @@ import torch
 import torch.fx as fx
 
 from asymrnr_fx import ops
+from asymrnr_fx.defaults import DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 
 from .grid import SequenceLayout
 from .sites import find_sdpa_nodes, sdpa_arguments
@@ -47,12 +48,12 @@ REFRESH_INPUT = "_asymrnr_refresh"
 class MatchSettings:
     """How every site of an application matches and merges (from the config)."""
 
-    stride: tuple[int, int, int] = (2, 2, 2)
-    metric: str = "l2"
+    stride: tuple[int, int, int] = DEFAULT_STRIDE
+    metric: str = DEFAULT_METRIC
     match_on: str = "v"
     merge: str = "drop"
     mode: str = "similarity"
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     kernel: str = "auto"  # the matching kernel: "auto", "triton" or "chunked"
 
 

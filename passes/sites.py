@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from .grid import SequenceLayout, infer_grid, infer_layout, layout_from_evidence
 from .masks import valid_prefix_of_symmetric_mask
 from .parallel import ulysses_exchange
+from .verdicts import NOT_VIDEO, Refusal, SiteKind
 from .walk import ancestors
 
-__all__ = ["AttentionSite", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
+__all__ = ["AttentionSite", "SiteKind", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
            "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel",
            "projection_weight_input"]
 
@@ -41,8 +42,6 @@ _SIGNATURE = inspect.signature(_sdpa_signature)
 
 
 DYNAMIC_SHAPES = "dynamic shapes: query/key/value sizes are symbolic (compile with dynamic=False)"
-NOT_VIDEO = ("cross-attention", "causal attention", "grouped-query", "attention dropout",
-             "sequence of")  # reasons that say the site is not video self-attention at all
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class AttentionSite:
 
     node_name: str
     rewritable: bool
-    reason: str
+    reason: str  # for people; code decides on ``kind``
     layout: SequenceLayout | None = None
     batch: int = 0
     heads: int = 0
@@ -59,6 +58,7 @@ class AttentionSite:
     # The graph input holding the query projection's weight (Dynamo lifts parameters to
     # inputs, so one graph may serve every block): at run time it says which block this is.
     weight_input: int | None = None
+    kind: SiteKind = SiteKind.VIDEO_SELF_ATTENTION
 
 
 # Attention kernels that are not SDPA (diffusers' other attention backends): found by name, so
@@ -86,7 +86,8 @@ def _other_kernel_site(node: fx.Node, kernel: str) -> AttentionSite:
     backend = next((b for key, b in _BACKEND_OF_KERNEL if key in kernel), None)
     hint = f" (diffusers attention backend {backend!r})" if backend else ""
     return AttentionSite(node.name, False, f"attention kernel {kernel}{hint} is not "
-                         "scaled_dot_product_attention: only SDPA calls are rewritten", kernel=kernel)
+                         "scaled_dot_product_attention: only SDPA calls are rewritten", kernel=kernel,
+                         kind=SiteKind.OTHER_KERNEL)
 
 
 def find_sdpa_nodes(graph: fx.Graph) -> list[fx.Node]:
@@ -158,31 +159,36 @@ def _projection_sources(node: fx.Node, max_depth: int = 30) -> set[object]:
             if n is not node and _is_linear(n)}
 
 
+def _left_alone(name: str, kind: SiteKind, reason: str) -> AttentionSite:
+    return AttentionSite(name, False, reason, kind=kind)
+
+
 def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSite:  # noqa: ANN001
     name = node.name
     shapes = [_static_shape(args[k]) for k in ("query", "key", "value")]
     if any(s is None for s in shapes):
-        return AttentionSite(name, False, DYNAMIC_SHAPES)
+        return _left_alone(name, SiteKind.DYNAMIC_SHAPES, DYNAMIC_SHAPES)
     q_shape, k_shape, v_shape = shapes
     if len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4:
-        return AttentionSite(name, False, f"not 4-D (B, H, S, D) tensors: {q_shape}")
+        return _left_alone(name, SiteKind.UNSUPPORTED, f"not 4-D (B, H, S, D) tensors: {q_shape}")
     if args["is_causal"] is not False:
-        return AttentionSite(name, False, "causal attention")
+        return _left_alone(name, SiteKind.CAUSAL, "causal attention")
     if args["enable_gqa"] is not False or q_shape[1] != k_shape[1]:
-        return AttentionSite(name, False, "grouped-query attention (head counts differ)")
+        return _left_alone(name, SiteKind.GROUPED_QUERY, "grouped-query attention (head counts differ)")
     if not isinstance(args["dropout_p"], (int, float)) or args["dropout_p"] != 0.0:
-        return AttentionSite(name, False, "attention dropout (training)")
+        return _left_alone(name, SiteKind.DROPOUT, "attention dropout (training)")
     if not (args["scale"] is None or isinstance(args["scale"], (int, float))):
-        return AttentionSite(name, False, "scale is not a constant")
+        return _left_alone(name, SiteKind.UNSUPPORTED, "scale is not a constant")
     if q_shape[2] != k_shape[2] or k_shape[2] != v_shape[2]:
-        return AttentionSite(name, False, f"cross-attention (query length {q_shape[2]}, key length {k_shape[2]})")
+        return _left_alone(name, SiteKind.CROSS_ATTENTION,
+                           f"cross-attention (query length {q_shape[2]}, key length {k_shape[2]})")
     if q_shape[0] != k_shape[0]:
-        return AttentionSite(name, False, "batch sizes of query and key differ")
+        return _left_alone(name, SiteKind.UNSUPPORTED, "batch sizes of query and key differ")
     mask, query_rows_valid = args["attn_mask"], None
     if mask is not None:
         m_shape = _static_shape(mask)
         if m_shape is None or len(m_shape) > 4:
-            return AttentionSite(name, False, "attention mask without a static shape")
+            return _left_alone(name, SiteKind.UNSUPPORTED, "attention mask without a static shape")
         if len(m_shape) >= 2 and m_shape[-2] != 1:
             # A per-query mask may be causal or block-causal: restoring Q could copy a later
             # frame's output into an earlier position, and cutting it per head would expand
@@ -191,21 +197,22 @@ def _classify(node: fx.Node, args: dict[str, object], layout_for) -> AttentionSi
             full_mask = f"full query x key attention mask {m_shape} (may be causal)"
             query_rows_valid = valid_prefix_of_symmetric_mask(mask)
             if not query_rows_valid:
-                return AttentionSite(name, False, full_mask)
+                return _left_alone(name, SiteKind.PER_QUERY_MASK, full_mask)
     exchange = ulysses_exchange(args, shapes)
     if isinstance(exchange, str):
-        return AttentionSite(name, False, exchange)
+        return _left_alone(name, SiteKind.CONTEXT_PARALLEL, exchange)
     # Under Ulysses the projections and the layout are those of the rank-local tokens.
     query, key = (exchange.query, exchange.key) if exchange else (args["query"], args["key"])
     q_sources = _projection_sources(query)
     k_sources = _projection_sources(key)
     if not q_sources or q_sources != k_sources:
-        return AttentionSite(name, False, "cross-attention (query and key are not projections of the same tokens)")
+        return _left_alone(name, SiteKind.CROSS_ATTENTION,
+                           "cross-attention (query and key are not projections of the same tokens)")
     layout = layout_for(node, query, q_shape[2], exchange.degree if exchange else 1)
-    if isinstance(layout, str):
-        return AttentionSite(name, False, layout)
+    if isinstance(layout, Refusal):
+        return _left_alone(name, layout.kind, layout.message)
     if query_rows_valid is not None and layout.video_start + layout.video_len > query_rows_valid:
-        return AttentionSite(name, False, full_mask)
+        return _left_alone(name, SiteKind.PER_QUERY_MASK, full_mask)
     return AttentionSite(name, True, "video self-attention", layout, q_shape[0], q_shape[1],
                          weight_input=projection_weight_input(query))
 
@@ -250,7 +257,7 @@ def classify_sites(
     """
     own_grid = grid or infer_grid(graph)
 
-    def layout_for(node: fx.Node, query: fx.Node, seq_len: int, shards: int) -> SequenceLayout | str:
+    def layout_for(node: fx.Node, query: fx.Node, seq_len: int, shards: int) -> SequenceLayout | Refusal:
         if own_grid is None and grid_evidence:
             return layout_from_evidence(query, seq_len, grid_evidence, text_tokens, text_side, shards)
         return infer_layout(query, seq_len, own_grid, text_tokens, text_side, allow_1d, shards)
@@ -266,5 +273,6 @@ def classify_sites(
         try:
             sites.append(_classify(node, sdpa_arguments(node), layout_for))
         except Exception as error:  # a site the pass does not understand is left alone
-            sites.append(AttentionSite(node.name, False, f"not understood ({type(error).__name__}: {error})"))
+            sites.append(_left_alone(node.name, SiteKind.NOT_UNDERSTOOD,
+                                     f"not understood ({type(error).__name__}: {error})"))
     return sites

@@ -4,7 +4,7 @@ Calibration measures the *baseline* model, so it runs eagerly and watches
 ``F.scaled_dot_product_attention``: a call whose Q and K have the same length, the video
 tokens plus the text segment, is an attention site. Sites are numbered in call order within
 one forward (the backend's "layer"); steps are counted by the package's one
-:class:`~asymrnr_fx.state.StepTracker` (told by ``set_step``, else guessed from the model's
+:class:`~asymrnr_fx.steps.StepTracker` (told by ``set_step``, else guessed from the model's
 ``timestep`` input, so CFG in two calls counts once).
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..state import StepTracker
+from ..steps import StepTracker
 
 __all__ = ["VideoSpan", "SiteCall", "AttentionCalls"]
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 from .allocate import allocate
 from .damage import DamageTable, Reduction
 from .ratios import attention_flops_cut as _flops_cut
@@ -166,10 +167,10 @@ def calibrate(
     steps: int | None = None,
     text_tokens: int | None = None,
     text_side: str | None = None,
-    stride: tuple[int, int, int] = (2, 2, 2),
-    seed: int = 0,
-    metric: str = "l2",
-    cache_interval: int = 5,
+    stride: tuple[int, int, int] = DEFAULT_STRIDE,
+    seed: int = DEFAULT_SEED,
+    metric: str = DEFAULT_METRIC,
+    cache_interval: int = DEFAULT_CACHE_INTERVAL,
     method: str = "sensitivity",
     step_groups: int | None = None,
     priors: bool = True,

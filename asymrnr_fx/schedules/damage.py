@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 from ..ops import Partition, dst_count, kept_count, site_partition
 
 __all__ = ["COMPONENTS", "Reduction", "DamageTable", "step_groups", "distinct_levels"]
@@ -38,10 +39,10 @@ class Reduction:
     """
 
     grid: tuple[int, int, int]
-    stride: tuple[int, int, int] = (2, 2, 2)
-    seed: int = 0
-    metric: str = "l2"
-    cache_interval: int = 5
+    stride: tuple[int, int, int] = DEFAULT_STRIDE
+    seed: int = DEFAULT_SEED
+    metric: str = DEFAULT_METRIC
+    cache_interval: int = DEFAULT_CACHE_INTERVAL
     merge: str = "drop"
 
     def __post_init__(self) -> None:

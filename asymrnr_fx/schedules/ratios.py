@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 from ..ops import kept_count
 from . import presets
 from .schedule import Schedule
@@ -41,10 +42,10 @@ __all__ = [
 # Matching settings when neither the config nor the schedule gives them (CogVideoX's
 # reference values: the paper's most used setting).
 DEFAULT_SETTINGS: Mapping[str, Any] = {
-    "stride": (2, 2, 2),
-    "cache_interval": 5,
-    "metric": "l2",
-    "seed": 0,
+    "stride": DEFAULT_STRIDE,
+    "cache_interval": DEFAULT_CACHE_INTERVAL,
+    "metric": DEFAULT_METRIC,
+    "seed": DEFAULT_SEED,
 }
 SCHEDULE_SETTINGS = tuple(DEFAULT_SETTINGS)
 

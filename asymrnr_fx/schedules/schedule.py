@@ -6,8 +6,7 @@ site and step. "Layer" is the index of the attention site in call order within o
 of the transformer (one per self-attention call, so a dual-stream block counts once per
 SDPA call).
 
-Schedules are immutable and hashable, so the backend can key compiled phases on them,
-and they round-trip through JSON (``schema_version`` 1)::
+Schedules are immutable and hashable (usable as keys), and they round-trip through JSON (``schema_version`` 1)::
 
     {
       "schema_version": 1,
@@ -272,10 +271,11 @@ class Schedule:
         return tuple(zip(self.q[s], self.kv[s], strict=True))
 
     def distinct_phases(self) -> tuple[Ratios, ...]:
-        """The distinct per-step ratio vectors, in order of first use.
+        """The distinct per-step ratio vectors (*phases*), in order of first use.
 
-        The backend compiles one graph per distinct vector, so this is the set of graphs
-        a generation with this schedule can need.
+        Every phase runs through the same compiled rewrite of a graph (the kept counts are
+        input sizes, not constants), so this counts the ratio patterns a generation walks
+        through, not compiles.
         """
         seen: dict[Ratios, None] = {}
         for s in range(self.num_steps):

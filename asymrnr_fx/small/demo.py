@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..arguments import non_negative_int, positive_int, ratio
+from ..defaults import DEFAULT_CACHE_INTERVAL
 from ..files import check_writable, write_text_atomic
 from .protocol import CALIBRATION, HELD_OUT
 
@@ -72,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uniform Q ratio instead of the default schedule")
     parser.add_argument("--schedule", default=None,
                         help="a schedule preset name or JSON file instead of the default schedule")
-    parser.add_argument("--cache-interval", type=positive_int, default=5, help="re-match every k steps")
+    parser.add_argument("--cache-interval", type=positive_int, default=DEFAULT_CACHE_INTERVAL,
+                        help=f"re-match every k steps (default {DEFAULT_CACHE_INTERVAL})")
     parser.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
     parser.add_argument("--out", default="asymrnr_demo", help="output folder for the GIF and JSON")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")

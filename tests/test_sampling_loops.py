@@ -1,4 +1,5 @@
-"""Phases, step tracking and the matching cache of one backend over real sampling loops."""
+"""One compiled rewrite for every phase, step tracking and the matching cache of one backend
+over real sampling loops."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _loop(model, inputs: dict, scheduler: DDIMScheduler, generations: int = 1, c
 
 
 @pytest.mark.parametrize("name,cfg", [("cogvideox", "batched"), ("wan", "batched"), ("wan", "split")])
-def test_fifty_step_loop_compiles_each_phase_once_and_never_recompiles(name: str, cfg: str) -> None:
+def test_fifty_step_loop_compiles_once_for_every_phase_and_never_recompiles(name: str, cfg: str) -> None:
     tiny = build_tiny(name, batch=2 if cfg == "batched" else 1)
     schedule = _schedule(tiny.num_layers)
     torch._dynamo.reset()
