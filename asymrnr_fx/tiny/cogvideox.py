@@ -66,7 +66,28 @@ def _consisid(batch: int, seed: int) -> TinyModel:
                      "face identity: perceiver cross-attention into the video (matmul attention, not SDPA)")
 
 
+def _cogvideox(batch: int, seed: int) -> TinyModel:
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    frames, height, width, text = 4, 8, 8, 8
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        time_embed_dim=16, text_embed_dim=32, num_layers=2, sample_width=width,
+        sample_height=height, sample_frames=(frames - 1) * 4 + 1, patch_size=2,
+        max_text_seq_length=text, use_rotary_positional_embeddings=False,
+    ).eval()
+    inputs = {
+        "hidden_states": torch.randn(batch, frames, 4, height, width),
+        "encoder_hidden_states": torch.randn(batch, text, 32),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "return_dict": False,
+    }
+    return TinyModel("cogvideox", model, inputs, (frames, height // 2, width // 2), 2)
+
+
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {
+    "cogvideox": _cogvideox,
     "cogvideox-i2v": lambda batch, seed: _cogvideox_i2v(batch, seed, "1.0"),
     "cogvideox1.5-i2v": lambda batch, seed: _cogvideox_i2v(batch, seed, "1.5"),
     "consisid": _consisid,

@@ -84,7 +84,32 @@ def _framepack(batch: int, seed: int) -> TinyModel:
                      "clean and 2x/4x history latents: extra tokens before the video, never reduced")
 
 
+def _hunyuan(batch: int, seed: int) -> TinyModel:
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    frames, height, width, text = 4, 8, 8, 6
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+        num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
+        patch_size_t=1, text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=(4, 6, 6),
+    ).eval()
+    mask = torch.ones(batch, text, dtype=torch.bool)
+    mask[:, -2:] = False  # padded text tokens
+    inputs = {
+        "hidden_states": torch.randn(batch, 4, frames, height, width),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "encoder_hidden_states": torch.randn(batch, text, 32),
+        "encoder_attention_mask": mask,
+        "pooled_projections": torch.randn(batch, 16),
+        "guidance": torch.full((batch,), 6000.0),
+        "return_dict": False,
+    }
+    return TinyModel("hunyuanvideo", model, inputs, (frames, height // 2, width // 2), 2)
+
+
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {
+    "hunyuanvideo": _hunyuan,
     "hunyuanvideo-i2v": _hunyuan_i2v,
     "hunyuanvideo15": lambda batch, seed: _hunyuan15(batch, seed, False),
     "hunyuanvideo15-i2v": lambda batch, seed: _hunyuan15(batch, seed, True),

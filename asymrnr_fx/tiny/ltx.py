@@ -69,7 +69,28 @@ def _sana_wm_refiner(batch: int, seed: int) -> TinyModel:
                      "tokens and RoPE arrive ready-made: no grid in its input (a K/V cache for its sink frames)")
 
 
+def _ltx(batch: int, seed: int) -> TinyModel:
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    frames, height, width, text = 4, 4, 4, 8
+    model = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=16, cross_attention_dim=32, num_layers=2, caption_channels=32,
+    ).eval()
+    inputs = {
+        "hidden_states": torch.randn(batch, frames * height * width, 8),
+        "encoder_hidden_states": torch.randn(batch, text, 32),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "encoder_attention_mask": torch.ones(batch, text, dtype=torch.bool),
+        "num_frames": frames, "height": height, "width": width,
+        "return_dict": False,
+    }
+    return TinyModel("ltxvideo", model, inputs, (frames, height, width), 2)
+
+
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {
+    "ltxvideo": _ltx,
     "ltxvideo-i2v": _ltx_i2v,
     "ltx2": _ltx2,
     "sana-wm-refiner": _sana_wm_refiner,

@@ -142,7 +142,30 @@ def _cosmos3(batch: int, seed: int) -> TinyModel:
                      "omni: text, vision, sound and action tokens packed by index; grouped-query attention")
 
 
+def _mochi(batch: int, seed: int) -> TinyModel:
+    from diffusers import MochiTransformer3DModel
+
+    torch.manual_seed(seed)
+    frames, height, width, text = 4, 8, 8, 6
+    model = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        pooled_projection_dim=16, in_channels=4, text_embed_dim=32, time_embed_dim=16,
+        max_sequence_length=text,
+    ).eval()
+    mask = torch.ones(batch, text, dtype=torch.bool)
+    mask[:, -2:] = False
+    inputs = {
+        "hidden_states": torch.randn(batch, 4, frames, height, width),
+        "encoder_hidden_states": torch.randn(batch, text, 32),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "encoder_attention_mask": mask,
+        "return_dict": False,
+    }
+    return TinyModel("mochi", model, inputs, (frames, height // 2, width // 2), 2)
+
+
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {
+    "mochi": _mochi,
     "minimax-h3": _minimax_h3,
     "motif-video": _motif,
     "sana-video": _sana_video,

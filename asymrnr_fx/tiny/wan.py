@@ -131,7 +131,26 @@ def _skyreels(batch: int, seed: int, forcing: bool) -> TinyModel:
     return TinyModel(name, model, inputs, _GRID, 2, notes)
 
 
+def _wan(batch: int, seed: int) -> TinyModel:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    frames, height, width, text = 4, 8, 8, 8
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32,
+    ).eval()
+    inputs = {
+        "hidden_states": torch.randn(batch, 4, frames, height, width),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "encoder_hidden_states": torch.randn(batch, text, 32),
+        "return_dict": False,
+    }
+    return TinyModel("wan", model, inputs, (frames, height // 2, width // 2), 2)
+
+
 CONFIGS: dict[str, Callable[[int, int], TinyModel]] = {
+    "wan": _wan,
     "wan-i2v": _wan_i2v,
     "wan2.2-ti2v": _wan22_ti2v,
     "wan-vace": _wan_vace,
