@@ -9,7 +9,7 @@ from asymrnr_fx.passes.sites import classify_sites
 
 import asymrnr_fx
 from asymrnr_fx.tiny_models import build_tiny
-from benchmarks.model_checks import compare_with_reference, output_tensors, run_compiled
+from tests.model_checks import compare_with_reference, output_tensors, run_compiled
 
 
 @pytest.fixture(autouse=True)

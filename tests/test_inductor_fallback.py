@@ -17,7 +17,7 @@ import torch
 import asymrnr_fx
 import asymrnr_fx.runner as runner
 from asymrnr_fx.tiny_models import build_tiny
-from benchmarks.model_checks import (
+from tests.model_checks import (
     CHECK_CONFIG,
     compare_with_reference,
     output_tensors,

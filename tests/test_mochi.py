@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import asymrnr_fx
 from asymrnr_fx.processors import MochiJointAttnProcessor
 from asymrnr_fx.tiny_models import build_tiny
-from benchmarks.model_checks import check_model
+from tests.model_checks import check_model
 
 
 def _attention(context_pre_only: bool) -> MochiAttention:
@@ -86,7 +86,7 @@ def test_plain_compile_of_the_mochi_pipeline_counts_its_steps() -> None:
     """The fallback step tracker of a plain torch.compile counts the real MochiPipeline's
     forwards as steps 0..3 of one generation. (diffusers 0.42.1 hands the transformer
     decreasing timesteps; Mochi's own increasing convention is covered in test_state.py.)"""
-    from benchmarks.tiny_pipelines import build_pipeline
+    from tests.tiny_pipelines import build_pipeline
 
     pipe, call = build_pipeline("mochi")
     asymrnr_fx.prepare(pipe.transformer)

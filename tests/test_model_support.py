@@ -1,10 +1,10 @@
 """Every video transformer class of diffusers under the backend, and apply(pipe) on tiny
 pipelines: the checks behind the README's generated model-support table.
 
-Each tiny config runs :func:`benchmarks.model_checks.check_model` (sites, the reference,
+Each tiny config runs :func:`tests.model_checks.check_model` (sites, the reference,
 regional compilation) and must give exactly the row specified here; each tiny pipeline runs
-:func:`benchmarks.pipeline_checks.check_pipeline`. The last test renders the table from these
-rows and compares it with the README (``python -m benchmarks.models`` rewrites it).
+:func:`tests.pipeline_checks.check_pipeline`. The last test renders the table from these
+rows and compares it with the README (``python -m tests.model_support`` rewrites it).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from __future__ import annotations
 import pytest
 
 from asymrnr_fx.tiny_models import TINY_MODELS, build_tiny
-from benchmarks.model_checks import ModelRow, check_model
-from benchmarks.models import (
+from tests.model_checks import ModelRow, check_model
+from tests.model_support import (
     readme_table,
     render_table,
     saved_inductor_column,
     video_classes,
 )
-from benchmarks.pipeline_checks import PipelineRow, check_pipeline
-from benchmarks.tiny_pipelines import PIPELINES
+from tests.pipeline_checks import PipelineRow, check_pipeline
+from tests.tiny_pipelines import PIPELINES
 
 # Why a call is left alone, in the words of the table (model_checks.site_label, from the kinds).
 _REASON = {"cross": "cross-attention", "mask": "per-query mask (may be causal)", "causal": "causal",
@@ -152,4 +152,4 @@ def test_readme_model_support_section_is_the_generated_table() -> None:
               for name in EXPECTED for row in [_model_row(name).to_dict()]]
     pipelines = [_pipeline_row(name).to_dict() for name in PIPELINES]
     assert readme_table() == render_table(models, pipelines), (
-        "README.md's model-support table is stale: run `python -m benchmarks.models`")
+        "README.md's model-support table is stale: run `python -m tests.model_support`")

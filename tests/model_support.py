@@ -1,7 +1,7 @@
 """The model-support table: every video transformer class of diffusers, checked and generated.
 
-    python -m benchmarks.models                 # all tiny configs and pipelines (about 15 minutes)
-    python -m benchmarks.models --only mochi    # some configs; JSON and README left as they are
+    python -m tests.model_support                # all tiny configs and pipelines (about 15 minutes)
+    python -m tests.model_support --only mochi   # some configs; JSON and README left as they are
 
 Runs :func:`benchmarks.model_checks.check_model` on every tiny config of
 :mod:`asymrnr_fx.tiny_models` and :func:`benchmarks.pipeline_checks.check_pipeline` on every tiny
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .readme import README, ROOT, read_section, write_section
+from benchmarks.readme import README, ROOT, read_section, write_section
 
 RESULTS = ROOT / "benchmarks" / "results" / "models.json"
 SECTION = "model-support"
