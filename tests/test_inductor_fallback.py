@@ -18,9 +18,8 @@ import asymrnr_fx
 import asymrnr_fx.runner as runner
 from asymrnr_fx.tiny_models import build_tiny
 from tests.model_checks import (
-    CHECK_CONFIG,
+    check_inductor,
     compare_with_reference,
-    output_tensors,
     run_compiled,
 )
 
@@ -34,18 +33,9 @@ def test_mochi_with_apply_and_inductor_equals_the_reference() -> None:
     asymrnr_fx.prepare(tiny.model)
     run = run_compiled(tiny)  # the eager rewrite, and the plan the reference replays
     assert compare_with_reference(tiny, run)[0] == "equal"
-    torch._dynamo.reset()
-    asymrnr_fx.apply(tiny.model, CHECK_CONFIG)  # Inductor behind the rewrite (the default)
-    try:
-        with torch.no_grad():
-            out = output_tensors(tiny.model(**tiny.inputs))
-        (state,) = asymrnr_fx.states_of(tiny.model)
-    finally:
-        asymrnr_fx.remove(tiny.model)
-    assert state.fallbacks == [] and state.sites_rewritable == 2
-    for got, expected in zip(out, run.outputs, strict=True):
-        scale = float(expected.abs().max())
-        assert float((got - expected).abs().max()) <= 1e-4 * scale
+    # apply(transformer) with Inductor behind the rewrite (the default), without a fallback
+    verdict, error = check_inductor(tiny, run)
+    assert verdict == "equal" and error <= 1e-4, (verdict, error)
 
 
 class _Toy(torch.nn.Module):
