@@ -13,17 +13,19 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .arguments import non_negative_float, non_negative_int, positive_int, ratio
+from .calibration import calibration_setup
+from .hub import SMALL_MODEL_NAMES as SMALL_NAMES
+from .hub import default_device, load_pipeline
+from .video import write_video
 
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "asymrnr"
-SMALL_NAMES = ("small", "shapes-cogvideox")
-TINY_PREFIX = "tiny:"
 
 
 class CLIError(Exception):
@@ -41,6 +43,20 @@ class _Parser(argparse.ArgumentParser):
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _library_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the library; its ValueErrors become one-line CLI errors: a request that cannot work
+    (:class:`~asymrnr_fx.calibration.SetupError`) is a usage error (exit 2), a model that
+    cannot be found or loaded a runtime one (exit 1)."""
+    from .calibration import SetupError
+
+    try:
+        return function(*args, **kwargs)
+    except SetupError as exc:
+        raise CLIError(_one_line(exc), 2) from None
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
 
 
 def _load_small_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int, int]]:
@@ -95,57 +111,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- model lookup
-def _resolve_pretrained(model: str, allow_download: bool) -> str:
-    """A local folder for ``model`` (a path or a Hub id), without touching the network."""
-    if os.path.isdir(model):
-        return model
-    if os.path.exists(model) or model.startswith((".", "/", "~")):
-        raise CLIError(f"model path {model!r} is not a folder with a diffusers pipeline")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(model, local_files_only=True)
-    except HFValidationError:
-        raise CLIError(
-            f"model {model!r} is neither a local folder nor a Hugging Face model id "
-            f"(like 'THUDM/CogVideoX-2b'); use '{SMALL_NAMES[0]}' for the shipped small model") from None
-    except LocalEntryNotFoundError:
-        if allow_download:
-            try:
-                return snapshot_download(model)
-            except Exception as exc:  # any network or auth failure: one line, no retries
-                raise CLIError(f"downloading model {model!r} failed: {_one_line(exc)}") from None
-        raise CLIError(
-            f"model {model!r} is not available locally: on a connected machine run "
-            f"'hf download {model}' (older huggingface_hub: 'huggingface-cli download {model}') "
-            "and copy the Hugging Face cache here, or pass --model PATH to a local copy, or add "
-            "--download to fetch it now") from None
-
-
-def _load_pipeline(model: str, allow_download: bool, device: str, dtype):
-    # Resolve first: a missing model fails before the (slow) pipeline imports.
-    folder = _resolve_pretrained(model, allow_download)
-    from diffusers import DiffusionPipeline
-
-    try:
-        pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except Exception as exc:  # a broken or foreign folder fails in many ways: one line each
-        if os.environ.get("ASYMRNR_DEBUG") == "1":
-            raise
-        raise CLIError(f"cannot load a diffusers pipeline from {model!r}: "
-                       f"{type(exc).__name__}: {_one_line(exc)}") from None
-    return pipe.to(device)
-
-
-def _device_dtype(cpu: bool):
-    import torch
-
-    if not cpu and torch.cuda.is_available():
-        return "cuda", torch.bfloat16
-    return "cpu", torch.float32
-
-
 # -------------------------------------------------------------------------- generate
 def _schedule_config(spec: str | None, steps: int):
     """An AsymRnRConfig for ``--schedule`` (validated before any model is loaded); a preset or a
@@ -155,34 +120,6 @@ def _schedule_config(spec: str | None, steps: int):
     if spec is not None:
         _check_schedule_spec(spec, "--schedule")
     return AsymRnRConfig(schedule=spec, num_steps=steps)
-
-
-def _write_frames(frames: Sequence[Any], out: Path, fps: int) -> Path:
-    """Write PIL images / HWC arrays as MP4 (imageio) or GIF (pillow), whole or not at all."""
-    import numpy as np
-    from PIL import Image
-
-    from .files import atomic_path
-
-    arrays = [np.asarray(f) for f in frames]
-    if arrays and arrays[0].dtype != np.uint8:  # float frames in [0, 1]
-        arrays = [(np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in arrays]
-    if out.suffix.lower() != ".gif":
-        try:
-            import imageio.v2 as imageio
-
-            with atomic_path(out) as temporary:
-                imageio.mimsave(temporary, arrays, fps=fps)
-            return out
-        except (ImportError, ValueError, RuntimeError) as exc:
-            gif = out.with_suffix(".gif")
-            print(f"note: cannot write {out.suffix} ({_one_line(exc)}); writing {gif} instead "
-                  "(pip install imageio imageio-ffmpeg for MP4)", file=sys.stderr)
-            out = gif
-    images = [Image.fromarray(a) for a in arrays]
-    with atomic_path(out) as temporary:
-        images[0].save(temporary, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return out
 
 
 def _generate_small(args: argparse.Namespace, config) -> int:
@@ -209,7 +146,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     clip, seconds = _timed_runs(run, args.warmup)
     out = Path(args.out)
     frames = sampling.to_uint8(clip).repeat(4, axis=1).repeat(4, axis=2)
-    out = _write_frames(list(frames), out, fps=args.fps)
+    out = write_video(list(frames), out, fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"{what}: {args.steps} steps in {seconds:.2f} s; wrote {out}")
     if compiler is not None:
@@ -253,9 +190,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import asymrnr_fx
 
-    device, dtype = _device_dtype(args.cpu)
+    device, dtype = default_device(args.cpu)
     start = time.perf_counter()
-    pipe = _load_pipeline(args.model, args.download, device, dtype)
+    pipe = _library_call(load_pipeline, args.model, allow_download=args.download, device=device, dtype=dtype)
     loaded = time.perf_counter() - start
     if config is None:
         pipe.transformer = torch.compile(pipe.transformer, backend=args.inner)
@@ -274,7 +211,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     result, seconds = _timed_runs(run, args.warmup)
     frames = result.frames[0]
-    out = _write_frames(frames, Path(args.out), fps=args.fps)
+    out = write_video(frames, Path(args.out), fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
           f"{seconds:.1f} s; wrote {out}")
@@ -285,116 +222,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- calibrate
-@dataclass
-class _CalibrationSetup:
-    """What ``asymrnr calibrate`` measures: the model, its runs and its token layout."""
-
-    model: Any
-    runs: list[Any]  # Trajectory objects (replayable) or sample(set_step) callables
-    grid: tuple[int, int, int]
-    text_side: str | None
-    stride: tuple[int, int, int]
-    cache_interval: int
-    name: str
-    clips: list[tuple[str, int]] = field(default_factory=list)
-    text_tokens: int | None = None
-    replayable: bool = True  # runs are Trajectory objects: output sensitivity works
-    data_range: float | None = None  # the output's value range, for a predicted PSNR
-
-
-def _calibration_clips(args: argparse.Namespace, prompts: Sequence[str]) -> list[tuple[str, int]]:
-    """(prompt, seed) per clip: every prompt ``--seeds`` times, seeds counted from ``--seed``."""
-    prompts = list(args.prompt or prompts)
-    rounds = [p for _ in range(args.seeds) for p in prompts]
-    return [(p, args.seed + n) for n, p in enumerate(rounds)]
-
-
-def _tiny_setup(args: argparse.Namespace) -> _CalibrationSetup:
-    from .models import family_of
-    from .schedules.trajectory import EulerTrajectory
-    from .tiny_models import TINY_MODELS, build_tiny
-
-    name = args.model[len(TINY_PREFIX):]
-    if name not in TINY_MODELS:
-        raise CLIError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}", 2)
-    tiny = build_tiny(name, batch=1, seed=args.seed)
-    family = family_of(tiny.model)
-    return _CalibrationSetup(tiny.model, [EulerTrajectory(tiny.model, tiny.inputs, args.steps)],
-                             tiny.grid, family.text_side, family.stride, family.cache_interval,
-                             f"tiny-{name}")
-
-
-def _small_setup(args: argparse.Namespace) -> _CalibrationSetup:
-    from .models import family_of
-    from .small import sampling
-    from .small.data import TEXT_TOKENS
-    from .small.protocol import CALIBRATION
-
-    model, geometry = _load_small_model(args)
-    try:
-        clips = _calibration_clips(args, CALIBRATION.prompts)
-        batches = [clips[i:i + args.batch] for i in range(0, len(clips), args.batch)]
-        runs = [sampling.FlowTrajectory(model, [p for p, _ in b], [s for _, s in b], steps=args.steps,
-                                        geometry=geometry) for b in batches]
-    except ValueError as exc:  # a prompt outside the small model's grammar
-        raise CLIError(_one_line(exc), 2) from None
-    family = family_of(model)
-    return _CalibrationSetup(model, runs, sampling.token_grid(model), "before", family.stride,
-                             family.cache_interval, "shapes-cogvideox", clips, TEXT_TOKENS,
-                             data_range=2.0)
-
-
-def _pipeline_sample(pipe: Any, args: argparse.Namespace, prompt: str, seed: int, device: str):  # noqa: ANN202
-    """A ``sample(set_step)`` callable: one pipeline run that tells its steps."""
-    import torch
-
-    def sample(set_step: Callable[[int], None]) -> None:
-        def on_step_end(pipeline, i, t, callback_kwargs):  # noqa: ANN001, ANN202
-            set_step(i + 1)
-            return {}
-
-        set_step(0)
-        pipe(**{"prompt": prompt, "num_inference_steps": args.steps, "height": args.height,
-                "width": args.width, "num_frames": args.frames, "callback_on_step_end": on_step_end,
-                "output_type": "latent", "generator": torch.Generator(device).manual_seed(seed),
-                **dict(args.arg)})
-
-    return sample
-
-
-def _pipeline_setup(args: argparse.Namespace) -> _CalibrationSetup:
-    from .models import FAMILIES, family_of, pipeline_grid
-    from .schedules.prompts import CALIBRATION_PROMPTS
-
-    if None in (args.height, args.width, args.frames):
-        raise CLIError("--height, --width and --frames are required for a diffusers pipeline", 2)
-    if args.method == "sensitivity":
-        raise CLIError("--method sensitivity replays single sampling steps, which a diffusers "
-                       "pipeline does not expose: use --method redundancy, or calibrate from "
-                       "Python with a Trajectory (see asymrnr_fx.schedules.trajectory)", 2)
-    device, dtype = _device_dtype(args.cpu)
-    pipe = _load_pipeline(args.model, args.download, device, dtype)
-    family = family_of(pipe.transformer)
-    if family is None:
-        known = ", ".join(c for f in FAMILIES for c in f.classes)
-        raise CLIError(f"calibration does not know the token layout of "
-                       f"{type(pipe.transformer).__name__}; supported: {known}")
-    clips = _calibration_clips(args, CALIBRATION_PROMPTS)
-    runs = [_pipeline_sample(pipe, args, prompt, seed, device) for prompt, seed in clips]
-    return _CalibrationSetup(pipe.transformer, runs, pipeline_grid(pipe, args.height, args.width, args.frames),
-                             family.text_side, family.stride, family.cache_interval, args.model,
-                             clips, replayable=False)
-
-
-def _calibration_setup(args: argparse.Namespace) -> _CalibrationSetup:
-    """Model, runs and token layout for ``asymrnr calibrate``."""
-    if args.model.startswith(TINY_PREFIX):
-        return _tiny_setup(args)
-    if args.model in SMALL_NAMES:
-        return _small_setup(args)
-    return _pipeline_setup(args)
-
-
 def _parse_stride(text: str) -> tuple[int, int, int]:
     try:
         stride = tuple(int(v) for v in text.split(","))
@@ -419,7 +246,14 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
     from .schedules.damage import Reduction
     from .schedules.sensitivity import DEFAULT_PROBES
 
-    setup = _calibration_setup(args)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    setup = _library_call(calibration_setup, args.model, steps=args.steps, prompts=args.prompt, seeds=args.seeds,
+                          seed=args.seed, method=args.method, batch=args.batch, weights=args.weights,
+                          height=args.height, width=args.width, frames=args.frames,
+                          pipeline_args=dict(args.arg), allow_download=args.download, cpu=args.cpu)
     method = args.method or ("sensitivity" if setup.replayable else "redundancy")
     reduction = Reduction(tuple(setup.grid), setup.stride if args.stride is None else args.stride, args.seed,
                           "l2", setup.cache_interval if args.cache_interval is None else args.cache_interval)
