@@ -731,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.cache_interval = 5
     if not args.reuse_compile_cache:
         # Compile times as a first run sees them. Graphs that repeat within this run (the
-        # refresh graph of asymrnr and of match-every-step) still compile only once.
+        # rewrite shared by asymrnr and match-every-step) still compile only once.
         cache = tempfile.mkdtemp(prefix="asymrnr-speed-cache-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")

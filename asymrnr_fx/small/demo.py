@@ -39,7 +39,7 @@ DEFAULT_PROMPTS = CALIBRATION.prompts[:4]
 # the least (40.5); K/V 0.5 everywhere costs 23.4 dB over the first half of the steps but 29.8
 # over the second; Q 0.5 in the deepest layers over the second half is nearly free (57.9). So:
 # never touch layer 0; cut the deepest layer hard all the way; over the second half cut K/V
-# moderately in layers 1-4 and Q in layers 2-5. Two phases, so two graphs per phase to compile.
+# moderately in layers 1-4 and Q in layers 2-5. Two phases, served by the one compiled rewrite.
 DEMO_RULES: tuple[dict[str, Any], ...] = (
     {"layers": [5, 6], "kv": 0.8},
     {"layers": [1, 5], "steps": [0.5, 1.0], "kv": 0.4},
