@@ -65,7 +65,8 @@ class AsymRnRConfig:
         kv_ratio: K/V ratio for every rewritten site when neither ``layer_ratios`` nor
             ``schedule`` is given.
         q_ratio: Q ratio likewise (0 leaves Q untouched).
-        layer_ratios: per attention site (in call order within one forward), ``(q, kv)``.
+        layer_ratios: per attention site, ``(q, kv)``; sites are numbered in the order they
+            first run in a forward (a site is its block, whichever blocks later run).
         schedule: a :class:`~asymrnr_fx.schedules.schedule.Schedule`, a preset name, or a JSON path;
             ratios per (layer, step, component). Wins over the fields above. Loaded and
             checked here; the stride, cache interval, metric and seed it carries (a

@@ -104,8 +104,8 @@ def site_partition(
     window: int,
     device: torch.device | str | None = None,
 ) -> Partition:
-    """The dst/src split a rewritten site used: attention site ``site`` (call order within a
-    forward), ``component`` (``"q"``, ``"kv"`` or ``"shared"``) and refresh window ``window``
+    """The dst/src split a rewritten site used: attention site ``site`` (its layer index, the
+    order in which the sites first run), ``component`` (``"q"``, ``"kv"`` or ``"shared"``) and refresh window ``window``
     (``step // cache_interval``), for the config's ``seed``.
 
     The reference implementation draws a fresh random dst per block, per component and per

@@ -2,9 +2,9 @@
 
 A :class:`Schedule` holds two tables, ``q`` and ``kv``, each ``[step][layer]`` of floats in
 ``[0, 1)``: the fraction of *video* tokens removed from Q (resp. K and V) at that attention
-site and step. "Layer" is the index of the attention site in call order within one forward
-of the transformer (one per self-attention call, so a dual-stream block counts once per
-SDPA call).
+site and step. "Layer" is the index of the attention site: the order in which the sites of the
+transformer first run in a forward (one per self-attention call, so a dual-stream block counts
+once per SDPA call); a site keeps its index when a step cache skips other blocks.
 
 Schedules are immutable and hashable (usable as keys), and they round-trip through JSON (``schema_version`` 1)::
 
