@@ -215,6 +215,8 @@ def apply(
     Every transformer (``transformer``, ``transformer_2``) is its own application with its
     own state; both follow the pipeline's scheduler. Returns ``pipe``; undo with :func:`remove`.
     """
+    if not isinstance(regional, bool):
+        raise ValueError(f"regional={regional!r} is invalid: True (compile the repeated blocks) or False")
     transformers = _transformers(pipe)
     for transformer in transformers:
         if _hook(transformer) is not None:

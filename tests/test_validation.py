@@ -90,3 +90,10 @@ def test_a_told_step_count_maps_the_same_schedule_onto_the_run_and_it_reduces(ca
             backend.state.set_step(step, 4)
             compiled(_x(), timestep=torch.tensor([900.0 - step]))
     assert "reduced nothing" not in caplog.text and backend.state.refresh_steps == [2]
+
+
+def test_apply_refuses_a_non_bool_regional_before_any_work() -> None:
+    model = Toy()
+    with pytest.raises(ValueError, match="regional='yes'"):
+        asymrnr_fx.apply(model, regional="yes")
+    assert getattr(model, "_asymrnr_applied", None) is None
