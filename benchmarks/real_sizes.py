@@ -41,6 +41,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from asymrnr_fx.schedules.authors import VARIANTS, authors_schedule
+from asymrnr_fx.schedules.schedule import Schedule
+
 from .readme import ROOT, write_section
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_sizes.json"
@@ -64,6 +67,7 @@ class RealModel:
     presets: tuple[str, ...]
     steps: int  # the step count its pipeline uses by default
     inputs: Callable[[RealModel], dict[str, Any]]
+    authors: tuple[str, ...] = ()  # the authors' calibrated tables for it (schedules.authors)
 
     def grid(self, config: Any) -> tuple[int, int, int]:
         """The video token grid under the model's patch sizes (``config``: its diffusers config)."""
@@ -123,14 +127,15 @@ def _ltx_inputs(model: RealModel) -> dict[str, Any]:
 # given are the class defaults, which are those of the first model of each class.
 MODELS: tuple[RealModel, ...] = (
     RealModel("CogVideoX-2B", "CogVideoXTransformer3DModel", {}, "49 frames 480x720",
-              (16, 13, 60, 90), 226, ("cogvideox-2b",), 50, _cogvideox_inputs),
+              (16, 13, 60, 90), 226, ("cogvideox-2b",), 50, _cogvideox_inputs, ("cogvideox-2b",)),
     RealModel("CogVideoX-5B", "CogVideoXTransformer3DModel",
               {"num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True},
-              "49 frames 480x720", (16, 13, 60, 90), 226, ("cogvideox-5b",), 50, _cogvideox_inputs),
+              "49 frames 480x720", (16, 13, 60, 90), 226, ("cogvideox-5b",), 50, _cogvideox_inputs,
+              ("cogvideox-5b",)),
     RealModel("HunyuanVideo", "HunyuanVideoTransformer3DModel", {}, "129 frames 720x1280",
-              (16, 33, 90, 160), 256, ("hunyuanvideo",), 50, _hunyuan_inputs),
+              (16, 33, 90, 160), 256, ("hunyuanvideo",), 50, _hunyuan_inputs, ("hunyuanvideo",)),
     RealModel("Mochi 1", "MochiTransformer3DModel", {}, "163 frames 480x848",
-              (12, 28, 60, 106), 256, ("mochi",), 64, _mochi_inputs),
+              (12, 28, 60, 106), 256, ("mochi",), 64, _mochi_inputs, ("mochi",)),
     RealModel("Wan2.1-T2V-1.3B", "WanTransformer3DModel",
               {"num_attention_heads": 12, "num_layers": 30, "ffn_dim": 8960}, "81 frames 480x832",
               (16, 21, 60, 104), 512, ("wan2.1",), 50, _wan_inputs),
@@ -232,15 +237,21 @@ def forward_counts(model: RealModel) -> ForwardCounts:
     return ForwardCounts(counter.get_total_flops(), attention, self_sites, grid, blocks, first)
 
 
-def preset_saving(model: RealModel, counts: ForwardCounts, preset: str | None, *,
+def preset_saving(model: RealModel, counts: ForwardCounts, preset: str | Schedule | None, *,
                   kv_ratio: float | None = None, cached_steps: float = 0.0) -> dict[str, Any]:
-    """The share of a whole generation's FLOPs a preset (or a uniform K/V ratio) removes,
-    matching paid back; ``cached_steps`` of the steps serve blocks 1.. from a step cache."""
+    """The share of a whole generation's FLOPs a preset, a schedule written for the model (its
+    stride and cache interval in ``meta``) or a uniform K/V ratio removes, matching paid back;
+    ``cached_steps`` of the steps serve blocks 1.. from a step cache."""
     from asymrnr_fx.ops import dst_count, kept_count
     from asymrnr_fx.schedules.presets import PRESETS, get_preset
 
     sites, steps = len(counts.self_attention), model.steps
-    if preset is not None:
+    if isinstance(preset, Schedule):
+        if preset.num_layers != sites:
+            raise ValueError(f"{preset.name} has {preset.num_layers} layers; {model.name} runs {sites} sites")
+        stride, interval = tuple(preset.meta["stride"]), preset.meta["cache_interval"]
+        ratios = [preset.ratios_at(step, steps) for step in range(steps)]
+    elif preset is not None:
         schedule = get_preset(preset, sites, steps)
         stride, interval = PRESETS[preset].stride, PRESETS[preset].cache_interval
         ratios = [schedule.ratios_at(step, steps) for step in range(steps)]
@@ -280,9 +291,14 @@ def run_all(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         base = {"model": model.name, "resolution": model.resolution, "tokens": counts.self_attention[0][1],
                 "video_tokens": math.prod(counts.grid), "sites": len(counts.self_attention), "steps": model.steps,
                 "forward_tflops": counts.forward / 1e12, "attention_share": counts.attention / counts.forward}
-        settings: list[tuple[str, str | None, float | None, float]] = [
-            (f"preset {p}", p, None, 0.0) for p in model.presets]
-        settings += [(f"preset {p} + step cache", p, None, CACHED_STEP_SHARE) for p in model.presets]
+        settings: list[tuple[str, str | Schedule | None, float | None, float]] = [
+            (f"preset {p} (prior)", p, None, 0.0) for p in model.presets]
+        for table in model.authors:
+            settings += [(f"authors' {table} {variant}", authors_schedule(table, variant), None, 0.0)
+                         for variant in VARIANTS]
+        settings += [(f"preset {p} (prior) + step cache", p, None, CACHED_STEP_SHARE) for p in model.presets]
+        settings += [(f"authors' {table} base + step cache", authors_schedule(table), None, CACHED_STEP_SHARE)
+                     for table in model.authors]
         settings += [("K/V 0.5 everywhere", None, 0.5, 0.0)]
         for label, preset, kv, cached in settings:
             rows.append({**base, "setting": label, **preset_saving(model, counts, preset, kv_ratio=kv,
