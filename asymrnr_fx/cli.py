@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .arguments import non_negative_float, non_negative_int, positive_int, ratio
-from .calibration import calibration_setup
+from .calibration import TINY_PREFIX, calibration_setup
 from .hub import SMALL_MODEL_NAMES as SMALL_NAMES
 from .hub import default_device, load_pipeline
 from .video import write_video
@@ -81,7 +81,28 @@ def _check_schedule_spec(spec: str, flag: str) -> None:
 
     if spec not in PRESETS and not os.path.exists(spec):
         raise CLIError(f"{flag} {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an "
-                       "existing schedule JSON file", 2)
+                       f"existing schedule JSON file{_did_you_mean(spec, PRESETS)}", 2)
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_model_name(model: str) -> None:
+    """A near miss of a built-in model name ('smal', 'tiny:wann') is a usage error that names
+    the right one, before any lookup: it is no Hub id and no folder."""
+    from .tiny_models import TINY_MODELS
+
+    known = [*SMALL_NAMES, *(TINY_PREFIX + name for name in TINY_MODELS)]
+    if model in known:
+        return
+    hint = _did_you_mean(model, known)
+    if model.startswith(TINY_PREFIX) or (hint and "/" not in model and not os.path.exists(model)):
+        raise CLIError(f"--model {model!r} is not a built-in model{hint} (built in: {SMALL_NAMES[0]!r} "
+                       "and 'tiny:NAME'; anything else is a Hugging Face id or a folder)", 2)
 
 
 def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
@@ -177,6 +198,7 @@ def _check_out(path: str, flag: str) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    _check_model_name(args.model)
     default_out = "asymrnr_video.gif" if args.model in SMALL_NAMES else "asymrnr_video.mp4"
     args.out = default_out if args.out is None else args.out
     _check_out(args.out, "--out")
@@ -237,6 +259,8 @@ def _check_calibrate_args(args: argparse.Namespace) -> None:
     types, :mod:`asymrnr_fx.arguments`)."""
     if args.measurement is None and args.steps is None:
         raise CLIError("--steps is required (the denoising steps of the calibration runs)", 2)
+    if args.measurement is None:
+        _check_model_name(args.model)
     _check_out(args.out, "--out")
 
 

@@ -86,3 +86,16 @@ def test_calibrate_keeps_the_measurement_when_the_fit_fails(tmp_path, monkeypatc
     assert main(["calibrate", "--model", "small", "--target", "0.5", "--steps", "4", "--out", str(out)]) == 1
     assert (tmp_path / "sched.measurement.json").read_text().strip() == '{"measured": true}'
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "suggestion"), [
+    (["generate", "--model", "smal"], "did you mean 'small'?"),
+    (["calibrate", "--model", "tiny:wann", "--target", "0.5", "--steps", "2", "--out", "x.json"],
+     "did you mean 'tiny:wan'?"),
+    (["generate", "--model", "small", "--schedule", "cogvidex-2b"], "did you mean 'cogvideox-2b'?"),
+])
+def test_a_near_miss_names_the_right_one(argv, suggestion, capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert suggestion in err and "hf download" not in err
