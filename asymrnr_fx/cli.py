@@ -112,9 +112,9 @@ def _load_schedule_arg(spec: str, layers: int | None, steps: int | None):
     source = load_schedule_source(spec)
     if source.schedule is not None:
         return source.schedule
-    if layers is None:
-        raise CLIError(f"preset {spec!r} needs --layers (the model's attention site count)", 2)
-    return source.for_model(layers, steps)
+    from .schedules.presets import get_preset
+
+    return get_preset(spec, layers, steps)  # at its native size unless --layers / --steps say
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -443,8 +443,8 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("schedule", help="schedule JSON file or preset name")
     p.add_argument("--png", help="heat map path (default: the JSON path with .png)")
     p.add_argument("--no-png", action="store_true", help="print only")
-    p.add_argument("--layers", type=positive_int, help="attention sites, to show a preset")
-    p.add_argument("--steps", type=positive_int, help="steps, to show a preset")
+    p.add_argument("--layers", type=positive_int, help="attention sites to lay a preset out on (default: its native size)")
+    p.add_argument("--steps", type=positive_int, help="steps to lay a preset out on (default: its native count)")
     p.add_argument("--max-columns", type=positive_int, default=16,
                    help="above this many step groups print per-layer means")
     p.set_defaults(func=cmd_show)

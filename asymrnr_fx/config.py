@@ -18,11 +18,15 @@ if TYPE_CHECKING:
     from .schedules.ratios import ScheduleSource
     from .schedules.schedule import Schedule
 
-__all__ = ["AsymRnRConfig", "DEFAULT_KV_RATIO"]
+__all__ = ["AsymRnRConfig", "DEFAULT_KV_RATIO", "RATIO_FIELDS"]
 
 # Conservative default for a bare `backend="asymrnr"`: K/V only, a moderate cut, Q untouched.
 # The paper's tables cut K/V by 0.3 where they cut at all; perturbing Q hurts far more.
 DEFAULT_KV_RATIO = 0.3
+
+# Fields that say which ratios to use: given none, apply(pipe) and the bare backend use the
+# authors' calibrated table on the models they calibrated (see schedules.presets.default_preset).
+RATIO_FIELDS = frozenset({"kv_ratio", "q_ratio", "layer_ratios", "schedule"})
 
 _CHOICES = {
     "match_on": ("v", "k"),
@@ -31,6 +35,7 @@ _CHOICES = {
     "match_mode": ("similarity", "random", "strided"),
     "match_kernel": ("auto", "triton", "chunked"),
     "text_side": (None, "before", "after"),
+    "chunk_offset": ("start", "random"),
 }
 
 
@@ -96,6 +101,10 @@ class AsymRnRConfig:
             ``"triton"`` or ``"chunked"`` to force one (``auto`` also reads the
             ``ASYMRNR_MATCH_KERNEL`` environment variable).
         num_steps: denoising steps per generation, for schedules (default: the schedule's).
+        chunk_offset: where the stride's complete chunks sit when the stride does not divide
+            the grid: ``"start"`` (at the origin; the leftover frames, rows and columns are
+            the last ones) or ``"random"`` (shifted by a fresh draw per partition, as the
+            reference implementation does). See the README's leftover-token measurement.
     """
 
     kv_ratio: float = DEFAULT_KV_RATIO
@@ -117,6 +126,7 @@ class AsymRnRConfig:
     allow_1d_partition: bool = False
     match_kernel: str = "auto"
     num_steps: int | None = None
+    chunk_offset: str = "start"
 
     def __post_init__(self) -> None:
         from .schedules.ratios import SCHEDULE_SETTINGS, effective_settings, load_schedule_source

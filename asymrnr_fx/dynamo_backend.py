@@ -30,12 +30,14 @@ from .passes.sites import (
     AttentionSite,
     SiteKind,
     classify_sites,
+    count_blocks,
     find_sdpa_nodes,
     module_classes,
 )
 from .passes.ticks import find_tick_input
 from .processors import unprepared_warning
 from .runner import RUNNER_IDS, GraphRunner, InnerCompiler
+from .schedules.presets import default_preset
 from .state import AsymRnRState
 
 __all__ = ["AsymRnRBackend", "backend", "asymrnr_backend", "GraphRunner", "inductor_config_patches"]
@@ -181,21 +183,45 @@ class AsymRnRBackend:
     def __init__(self, config: AsymRnRConfig | None = None, inner: str = "inductor") -> None:
         if inner not in ("inductor", "eager"):
             raise ValueError(f"inner={inner!r} is invalid: choose 'inductor' or 'eager'")
+        # No settings at all: the authors' table where the graphs show a model they calibrated.
+        self.family_default = config is None
         self.config = config or AsymRnRConfig()
         self.inner = inner
         self.state = AsymRnRState(self.config)
+        self._family_checked = False
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,
                  options: Mapping[str, Any] | None = None, **unknown: Any) -> Callable[..., Any]:
         if unknown:
             raise ValueError(f"unknown backend argument(s) {sorted(unknown)}; the backend takes mode= and options=")
+        if self.family_default and not self._family_checked:
+            self._adopt_authors_table(gm)
         compiler = InnerCompiler(self.inner, inductor_config_patches(mode, options))
         return build_runner(gm, example_inputs, self.state, compiler)
+
+    def _adopt_authors_table(self, gm: fx.GraphModule) -> None:
+        """Before the first attention graph is rewritten: the authors' base table when its blocks
+        are of a model they calibrated (said at INFO), else the conservative default stays."""
+        if not find_sdpa_nodes(gm.graph):
+            return
+        self._family_checked = True
+        classes = set().union(*(module_classes(n) for n in gm.graph.nodes))
+        name = default_preset(classes, count_blocks(gm.graph))
+        if name is None:
+            return
+        self.config = AsymRnRConfig(schedule=name)
+        self.state.use_config(self.config)
+        self.state.log_once(f"asymrnr: no ratios given, so the AsymRnR authors' calibrated {name!r} table "
+                            "(base rules) is used, mapped to the model's sites and steps")
 
     def reset(self) -> None:
         """Forget everything: steps, site count, matching cache, statistics, grid evidence.
         ``torch.compiler.reset()`` calls this (Dynamo resets the backends it has cached), so
         no state outlives the graphs it was learned from."""
+        if self.family_default:  # the next model may be another family
+            self.config = AsymRnRConfig()
+            self.state.use_config(self.config)
+            self._family_checked = False
         self.state.clear()
 
     def __repr__(self) -> str:
@@ -208,8 +234,12 @@ def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fiel
     ``torch.compile(model, backend=asymrnr_fx.backend(kv_ratio=0.5))``. ``fields`` are
     :class:`AsymRnRConfig` fields applied on top of ``config``; ``inner="eager"`` runs the
     rewritten graphs without Inductor (for debugging). Each call is a separate application:
-    give each model its own backend.
+    give each model its own backend. With no settings at all, it is the bare ``"asymrnr"``
+    backend's default: the authors' calibrated table on CogVideoX, HunyuanVideo and Mochi
+    (recognised by their blocks in the graph), K/V 0.3 everywhere elsewhere.
     """
+    if config is None and not fields:  # no settings: the family default, as for the bare name
+        return AsymRnRBackend(None, inner)
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)

@@ -56,28 +56,43 @@ def _chunk_counts(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> t
     return tuple(g // s for g, s in zip(grid, _clamped(grid, stride), strict=True))
 
 
+CHUNK_OFFSETS = ("start", "random")
+
+
 def partition(
     grid: tuple[int, int, int],
     stride: tuple[int, int, int],
     seed: int = 0,
     device: torch.device | str | None = None,
+    chunk_offset: str = "start",
 ) -> Partition:
     """Cut ``grid`` into chunks of ``stride``; draw one dst per chunk from a seeded generator.
 
-    Tokens of incomplete chunks at the grid's edges are src. A stride larger than the grid
-    along an axis is clamped to the grid (so there is always at least one dst). The draw
-    uses a CPU generator, so a seed gives the same partition on every device; the rest is a
-    few vectorized ops on ``device``.
+    Where ``stride`` does not divide the grid, the complete chunks cover a region and the
+    leftover tokens around it are src. ``chunk_offset="start"`` puts the region at the grid's
+    origin (the leftover is always the last frames, rows and columns); ``"random"`` shifts it
+    along each such axis by a draw in ``[0, leftover)`` after the dst draws, as the reference
+    implementation does, so the leftover moves from draw to draw. A stride larger than the grid
+    along an axis is clamped to the grid (so there is always at least one dst). The draw uses a
+    CPU generator, so a seed gives the same partition on every device; the rest is a few
+    vectorized ops on ``device``.
     """
+    if chunk_offset not in CHUNK_OFFSETS:
+        raise ValueError(f"chunk_offset={chunk_offset!r} is invalid: choose one of {CHUNK_OFFSETS}")
     t, h, w = grid
     st, sh, sw = _clamped(grid, stride)
     nt, nh, nw = _chunk_counts(grid, stride)
     generator = torch.Generator().manual_seed(int(seed))
     offsets = torch.randint(st * sh * sw, (nt * nh * nw,), generator=generator).to(device)
+    shift = [0, 0, 0]
+    if chunk_offset == "random":
+        for axis, (g, s) in enumerate(zip(grid, (st, sh, sw), strict=True)):
+            if g % s:
+                shift[axis] = int(torch.randint(g % s, (1,), generator=generator))
     chunk = torch.arange(nt * nh * nw, device=device)
-    dt = (chunk // (nh * nw)) * st + offsets // (sh * sw)
-    dh = (chunk // nw % nh) * sh + offsets // sw % sh
-    dw = (chunk % nw) * sw + offsets % sw
+    dt = (chunk // (nh * nw)) * st + offsets // (sh * sw) + shift[0]
+    dh = (chunk // nw % nh) * sh + offsets // sw % sh + shift[1]
+    dw = (chunk % nw) * sw + offsets % sw + shift[2]
     dst_idx = torch.sort((dt * h + dh) * w + dw).values
     is_src = torch.ones(t * h * w, dtype=torch.bool, device=device)
     is_src[dst_idx] = False
@@ -103,6 +118,7 @@ def site_partition(
     component: str,
     window: int,
     device: torch.device | str | None = None,
+    chunk_offset: str = "start",
 ) -> Partition:
     """The dst/src split a rewritten site used: attention site ``site`` (its layer index, the
     order in which the sites first run), ``component`` (``"q"``, ``"kv"`` or ``"shared"``) and refresh window ``window``
@@ -112,7 +128,7 @@ def site_partition(
     cache window; this is that draw, made reproducible. With
     ``AsymRnRConfig(resample_partition=False)`` every site uses ``partition(grid, stride, seed)``.
     """
-    return partition(grid, stride, partition_seed(seed, site, component, window), device)
+    return partition(grid, stride, partition_seed(seed, site, component, window), device, chunk_offset)
 
 
 def _clamped(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:

@@ -171,7 +171,7 @@ class GraphRunner:
         state.register_tick_source(self.tick_kind)
         self.uid = next(RUNNER_IDS) if uid is None else uid  # names its node-keyed sites
         self.settings = MatchSettings(config.stride, config.metric, config.match_on, config.merge,
-                                      config.match_mode, config.seed, config.match_kernel)
+                                      config.match_mode, config.seed, config.match_kernel, config.chunk_offset)
         components = state.ratios.components(len(self.sites))
         if isinstance(components, tuple):  # the same for every site this graph may serve
             components = [components] * len(self.sites)

@@ -89,6 +89,13 @@ class AsymRnRState:
         self.hooked = False  # apply() marks forwards; graphs then never tick
         self.clear()
 
+    def use_config(self, config: Any) -> None:
+        """Run under ``config`` from now on (the bare backend's family default, chosen before
+        its first rewrite)."""
+        self.config = config
+        self.ratios = RatioResolver(config)
+        self.tracker.num_steps = config.num_steps
+
     def clear(self) -> None:
         """Forget everything, what was learned about the compiled graphs too (their tick
         source, the grid evidence, the site count): Dynamo dropped them."""
@@ -103,6 +110,7 @@ class AsymRnRState:
         # the sites first ran: the layer a schedule addresses.
         self.site_order: dict[tuple[Hashable, int], int] = {}
         self._repeats: dict[Hashable, int] = {}  # identities run several times per forward
+        self._provisional_count: int | None = None  # sites laid out before the first forward ended
         self.compile_log: list[tuple[str, float]] = []  # (variant, seconds) per compile
         self.fallbacks: list[Fallback] = []  # rewrites that could not run as compiled
         self._logged: set[str] = set()
@@ -203,7 +211,14 @@ class AsymRnRState:
         if not self._forward_open:
             return
         self._forward_open = False
-        if self.ratios.sites_per_forward is None and self._forward_sites:
+        provisional, self._provisional_count = self._provisional_count, None
+        if (self.ratios.sites_per_forward is None or provisional is not None) and self._forward_sites:
+            if provisional is not None and provisional != len(self.site_order):
+                self.log_once(
+                    f"asymrnr: the schedule was laid out on the {provisional} attention sites of the "
+                    f"first graph, but the forward ran {len(self.site_order)} (graph breaks split it): "
+                    "the first forward's ratios belong to that layout, every later forward's to the "
+                    "whole model's", logging.WARNING)
             self.ratios.set_sites_per_forward(len(self.site_order))
             self._repeats = {key: n for key, n in self._occurrences.items() if n > 1}
         elif any(self._occurrences.get(key, 0) not in (0, n) for key, n in self._repeats.items()):
@@ -231,7 +246,8 @@ class AsymRnRState:
             self.log_once(
                 "asymrnr: no attention call of this forward reached a graph the backend compiled, "
                 "so AsymRnR does nothing: something runs the attention outside torch.compile (a "
-                "hook decorated with torch.compiler.disable, such as diffusers' MagCache, or a "
+                "hook decorated with torch.compiler.disable, such as diffusers' MagCache under a plain "
+                "torch.compile (asymrnr_fx.apply compiles what it guards), or a "
                 "graph break Dynamo skips)", logging.WARNING)
 
     def enter_graph(self, site_keys: tuple[Hashable, ...], tick: tuple[str, torch.Tensor] | None) -> None:
@@ -252,6 +268,14 @@ class AsymRnRState:
                 self._pending_tick = None
             self._open_forward()
         self._forward_keys.update(site_keys)
+        if (tick is not None and tick[0] == "timestep" and self.stats["forwards"] == 1
+                and self.ratios.awaits_site_count and len(set(site_keys)) == len(site_keys) > 0):
+            # The graph that takes the noise level itself (not a block's temb) holds the forward's
+            # sites (a whole-model graph): lay the schedule out now, so the first step runs the
+            # same ratios as every later generation's; end_forward checks the count against the
+            # whole forward.
+            self.ratios.set_sites_per_forward(len(site_keys))
+            self._provisional_count = len(site_keys)
         if own_tick:
             if self._ticked and not self.hooked:
                 self._pending_tick = tick
@@ -345,9 +369,9 @@ class AsymRnRState:
         """The dst/src split of (site, component, refresh window); see
         :func:`asymrnr_fx.ops.site_partition`."""
         if not self.config.resample_partition:
-            return partition(grid, stride, self.config.seed, device)
-        return site_partition(grid, stride, seed=self.config.seed, site=site,
-                              component=component, window=window, device=device)
+            return partition(grid, stride, self.config.seed, device, self.config.chunk_offset)
+        return site_partition(grid, stride, seed=self.config.seed, site=site, component=component,
+                              window=window, device=device, chunk_offset=self.config.chunk_offset)
 
     def lookup(self, site: int, component: str, key: IndexKey, window: int,
                device: torch.device) -> CacheEntry | None:

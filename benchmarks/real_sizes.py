@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from asymrnr_fx.schedules.authors import VARIANTS, authors_schedule
 from asymrnr_fx.schedules.schedule import Schedule
 
 from .readme import ROOT, write_section
@@ -67,7 +66,6 @@ class RealModel:
     presets: tuple[str, ...]
     steps: int  # the step count its pipeline uses by default
     inputs: Callable[[RealModel], dict[str, Any]]
-    authors: tuple[str, ...] = ()  # the authors' calibrated tables for it (schedules.authors)
 
     def grid(self, config: Any) -> tuple[int, int, int]:
         """The video token grid under the model's patch sizes (``config``: its diffusers config)."""
@@ -127,15 +125,15 @@ def _ltx_inputs(model: RealModel) -> dict[str, Any]:
 # given are the class defaults, which are those of the first model of each class.
 MODELS: tuple[RealModel, ...] = (
     RealModel("CogVideoX-2B", "CogVideoXTransformer3DModel", {}, "49 frames 480x720",
-              (16, 13, 60, 90), 226, ("cogvideox-2b",), 50, _cogvideox_inputs, ("cogvideox-2b",)),
+              (16, 13, 60, 90), 226, ("cogvideox-2b", "cogvideox-2b-fast"), 50, _cogvideox_inputs),
     RealModel("CogVideoX-5B", "CogVideoXTransformer3DModel",
               {"num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True},
-              "49 frames 480x720", (16, 13, 60, 90), 226, ("cogvideox-5b",), 50, _cogvideox_inputs,
-              ("cogvideox-5b",)),
+              "49 frames 480x720", (16, 13, 60, 90), 226, ("cogvideox-5b", "cogvideox-5b-fast"), 50,
+              _cogvideox_inputs),
     RealModel("HunyuanVideo", "HunyuanVideoTransformer3DModel", {}, "129 frames 720x1280",
-              (16, 33, 90, 160), 256, ("hunyuanvideo",), 50, _hunyuan_inputs, ("hunyuanvideo",)),
+              (16, 33, 90, 160), 256, ("hunyuanvideo", "hunyuanvideo-fast"), 50, _hunyuan_inputs),
     RealModel("Mochi 1", "MochiTransformer3DModel", {}, "163 frames 480x848",
-              (12, 28, 60, 106), 256, ("mochi",), 64, _mochi_inputs, ("mochi",)),
+              (12, 28, 60, 106), 256, ("mochi", "mochi-fast"), 64, _mochi_inputs),
     RealModel("Wan2.1-T2V-1.3B", "WanTransformer3DModel",
               {"num_attention_heads": 12, "num_layers": 30, "ffn_dim": 8960}, "81 frames 480x832",
               (16, 21, 60, 104), 512, ("wan2.1",), 50, _wan_inputs),
@@ -282,6 +280,13 @@ def preset_saving(model: RealModel, counts: ForwardCounts, preset: str | Schedul
             "matching_share": matching / (steps * counts.forward)}
 
 
+def _kind(preset: str) -> str:
+    from asymrnr_fx.schedules.presets import PRESETS
+
+    p = PRESETS[preset]
+    return f"authors' {p.variant}" if p.kind == "authors" else "our prior"
+
+
 def run_all(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for model in MODELS:
@@ -292,13 +297,9 @@ def run_all(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "video_tokens": math.prod(counts.grid), "sites": len(counts.self_attention), "steps": model.steps,
                 "forward_tflops": counts.forward / 1e12, "attention_share": counts.attention / counts.forward}
         settings: list[tuple[str, str | Schedule | None, float | None, float]] = [
-            (f"preset {p} (prior)", p, None, 0.0) for p in model.presets]
-        for table in model.authors:
-            settings += [(f"authors' {table} {variant}", authors_schedule(table, variant), None, 0.0)
-                         for variant in VARIANTS]
-        settings += [(f"preset {p} (prior) + step cache", p, None, CACHED_STEP_SHARE) for p in model.presets]
-        settings += [(f"authors' {table} base + step cache", authors_schedule(table), None, CACHED_STEP_SHARE)
-                     for table in model.authors]
+            (f"preset {p} ({_kind(p)})", p, None, 0.0) for p in model.presets]
+        first = model.presets[0]
+        settings += [(f"preset {first} ({_kind(first)}) + step cache", first, None, CACHED_STEP_SHARE)]
         settings += [("K/V 0.5 everywhere", None, 0.5, 0.0)]
         for label, preset, kv, cached in settings:
             rows.append({**base, "setting": label, **preset_saving(model, counts, preset, kv_ratio=kv,

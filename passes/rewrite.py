@@ -55,6 +55,7 @@ class MatchSettings:
     mode: str = "similarity"
     seed: int = DEFAULT_SEED
     kernel: str = "auto"  # the matching kernel: "auto", "triton" or "chunked"
+    chunk_offset: str = "start"  # where the complete chunks sit: "start" or "random"
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _static_indices(builder: _Builder, site: int, plan: SitePlan, example: objec
                     settings: MatchSettings) -> dict[str, tuple[fx.Node, fx.Node]]:
     device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
     stride = plan.partition_stride(settings)
-    part = ops.partition(plan.layout.grid, stride, settings.seed, device)
+    part = ops.partition(plan.layout.grid, stride, settings.seed, device, settings.chunk_offset)
     indices = {}
     for component in plan.components:
         keep, restore = ops.static_match(part, plan.layout.grid, stride, dict(plan.static_keep)[component],

@@ -27,7 +27,7 @@ from .verdicts import NOT_VIDEO, Refusal, SiteKind
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SiteKind", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites", "module_classes", "attention_kernel",
+           "sdpa_arguments", "classify_sites", "module_classes", "count_blocks", "attention_kernel",
            "projection_weight_input"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
@@ -102,6 +102,22 @@ def module_classes(node: fx.Node) -> set[str]:
         cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else entry
         names.add(cls.__name__ if isinstance(cls, type) else str(cls).rstrip("'>").rsplit(".", 1)[-1])
     return names
+
+
+def count_blocks(graph: fx.Graph) -> int | None:
+    """How many distinct repeated blocks (``<name>_blocks.<i>``, e.g. ``transformer_blocks.3``)
+    the graph's nodes were traced inside; None when it shows none."""
+    blocks = set()
+    for node in graph.nodes:
+        for entry in (node.meta.get("nn_module_stack") or {}).values():
+            path = entry[0] if isinstance(entry, tuple) else str(entry)
+            found = _BLOCK_PATH.search(str(path))
+            if found:
+                blocks.add(found.groups())
+    return len(blocks) or None
+
+
+_BLOCK_PATH = re.compile(r"(\w*blocks)\W*(\d+)")
 
 
 def sdpa_arguments(node: fx.Node) -> dict[str, object]:

@@ -109,22 +109,32 @@ def reference_attention(q, k, v, mask, *, video_start, video_len, q_partition, k
     return out
 
 
-def reference_partition(grid, stride, seed):
+def reference_partition(grid, stride, seed, chunk_offset="start"):
     """The documented dst draw, by loops: chunks of ``stride`` (clamped to the grid) in
     row-major order, one uniformly drawn offset per complete chunk
     (``torch.randint(chunk_volume, (num_chunks,))`` from a CPU generator seeded with ``seed``);
-    the token at that offset is the chunk's dst; every other token is src."""
+    the token at that offset is the chunk's dst; every other token is src. With
+    ``chunk_offset="random"`` the chunked region then moves, frame axis first, by one
+    ``torch.randint(leftover, (1,))`` from the same generator along each axis the stride does
+    not divide (the reference implementation's random left padding)."""
     t, h, w = grid
     st, sh, sw = (min(s, g) for s, g in zip(stride, grid, strict=True))
     nt, nh, nw = t // st, h // sh, w // sw
-    offsets = torch.randint(st * sh * sw, (nt * nh * nw,), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(st * sh * sw, (nt * nh * nw,), generator=generator)
+    pad = {"t": 0, "h": 0, "w": 0}
+    if chunk_offset == "random":
+        for axis, size, step in (("t", t, st), ("h", h, sh), ("w", w, sw)):
+            if size % step:
+                pad[axis] = int(torch.randint(size % step, (1,), generator=generator))
     dst = []
     for ct in range(nt):
         for ch in range(nh):
             for cw in range(nw):
                 offset = int(offsets[(ct * nh + ch) * nw + cw])
                 ot, oh, ow = offset // (sh * sw), offset // sw % sh, offset % sw
-                dst.append(((ct * st + ot) * h + ch * sh + oh) * w + cw * sw + ow)
+                frame, row, col = pad["t"] + ct * st + ot, pad["h"] + ch * sh + oh, pad["w"] + cw * sw + ow
+                dst.append((frame * h + row) * w + col)
     dst = sorted(dst)
     chosen = set(dst)
     return dst, [i for i in range(t * h * w) if i not in chosen]

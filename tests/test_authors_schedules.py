@@ -60,3 +60,29 @@ def test_unknown_models_and_variants_are_named() -> None:
         authors_schedule("wan")
     with pytest.raises(ValueError, match="variant='turbo'"):
         authors_schedule("mochi", "turbo")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model", AUTHORS_MODELS)
+def test_the_preset_named_after_a_model_is_the_authors_table(model: str, variant: str) -> None:
+    """``schedule="cogvideox-2b"`` is the paper's AsymRnR on CogVideoX-2B, cell for cell from the
+    data file, with their settings; ``-fast`` is their fast rule set."""
+    from asymrnr_fx.schedules.presets import PRESETS
+    from asymrnr_fx.schedules.schedule import Schedule
+
+    raw = _raw()
+    entry = raw["models"][model]
+    rules = raw["models"][RULES_FROM.get(model, model)]["rules"][variant]
+    name = model if variant == "base" else f"{model}-fast"
+    assert PRESETS[name].kind == "authors"
+    preset = Schedule.preset(name)
+    blocks, steps = NATIVE[model]
+    assert (preset.num_layers, preset.num_steps) == (blocks, steps)
+    for block in range(blocks):
+        for step in range(steps):
+            assert preset.q[step][block] == _their_ratio(entry["tiers"]["q"][block][step], rules.get("q", {}))
+            assert preset.kv[step][block] == _their_ratio(entry["tiers"]["v"][block][step], rules.get("v", {}))
+    assert raw["commit"][:12] in preset.meta["source"]
+    config = asymrnr_fx.AsymRnRConfig(schedule=name)
+    assert (list(config.stride), config.cache_interval, config.metric) == (
+        entry["stride"], entry["cache_interval"], entry["metric"])

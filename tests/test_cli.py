@@ -47,8 +47,12 @@ def test_show_schedule_file(tmp_path, capsys) -> None:
 def test_show_preset(tmp_path, capsys) -> None:
     assert main(["show", "cogvideox-2b", "--layers", "30", "--steps", "50", "--no-png"]) == 0
     assert "'cogvideox-2b': 30 attention sites x 50 steps" in capsys.readouterr().out
-    assert main(["show", "cogvideox-2b"]) == 2
-    assert "--layers" in _one_line_error(capsys)
+    # Without --layers a preset shows at its native size, and says where it comes from.
+    assert main(["show", "cogvideox-2b", "--no-png"]) == 0
+    out = capsys.readouterr().out
+    assert "30 attention sites x 50 steps" in out and "authors' base table" in out
+    assert main(["show", "wan2.1", "--layers", "4", "--no-png"]) == 0
+    assert "prior written here" in capsys.readouterr().out
 
 
 def test_show_bad_files(tmp_path, capsys) -> None:

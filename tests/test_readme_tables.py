@@ -58,6 +58,12 @@ def _demo(document: dict) -> str:
     return demo_table(document)
 
 
+def _leftover(document: dict) -> str:
+    from benchmarks.leftover import render
+
+    return render(document)
+
+
 def _speed(document: dict) -> str:
     from benchmarks.speed import format_tables
 
@@ -72,6 +78,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "stacking": ("compose.json", _stacking, "python -m benchmarks.compose --threads 2"),
     "quality": ("quality.json", _quality, "python -m benchmarks.quality --threads 2"),
     "calibration": ("calibration.json", _calibration, "python -m benchmarks.calibration --threads 2"),
+    "leftover": ("leftover.json", _leftover, "python -m benchmarks.leftover --threads 2"),
     "speed-small": ("speed_small.json", _speed,
                     "python -m benchmarks.speed --preset small --schedule benchmarks/results/schedules/small-cut0.35.json "
                     "--isolate-compile --threads 2 --repeats 3 --out benchmarks/results/speed_small.json --readme"),
@@ -86,3 +93,10 @@ def test_readme_section_is_what_the_results_render(section: str) -> None:
     document = json.loads((RESULTS / filename).read_text())
     assert read_section(section) == render(document).strip(), (
         f"README.md's {section} table is not what benchmarks/results/{filename} renders: run `{command}`")
+
+
+def test_readme_presets_table_is_what_the_presets_render() -> None:
+    from benchmarks.presets_table import render
+
+    assert read_section("presets") == render().strip(), (
+        "README.md's presets table is not what the shipped presets render: run `python -m benchmarks.presets_table`")

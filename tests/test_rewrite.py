@@ -265,10 +265,28 @@ def test_grid_that_does_not_match_the_tokens_is_an_error() -> None:
        stride=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
        seed=st.integers(0, 2**31))
 def test_partition_matches_the_reference_draw(grid, stride, seed) -> None:
-    part = partition(grid, stride, seed)
-    dst, src = reference_partition(grid, stride, seed)
-    assert part.dst_idx.tolist() == dst and part.src_idx.tolist() == src
-    assert part.dst_idx.numel() == dst_count(grid, stride)
+    for chunk_offset in ("start", "random"):
+        part = partition(grid, stride, seed, chunk_offset=chunk_offset)
+        dst, src = reference_partition(grid, stride, seed, chunk_offset)
+        assert part.dst_idx.tolist() == dst and part.src_idx.tolist() == src
+        assert part.dst_idx.numel() == dst_count(grid, stride)
+
+
+def test_random_chunk_offset_moves_the_leftover_frames() -> None:
+    """33 latent frames, stride 6 (HunyuanVideo 720p x 129 frames): "start" never puts a dst in
+    the last 3 frames; "random" does for some draws, and never shifts a grid the stride divides."""
+    grid, stride = (33, 2, 2), (6, 2, 2)
+    last_frames = {t * 4 + i for t in (30, 31, 32) for i in range(4)}
+    start = [set(partition(grid, stride, seed).dst_idx.tolist()) for seed in range(40)]
+    moved = [set(partition(grid, stride, seed, chunk_offset="random").dst_idx.tolist()) for seed in range(40)]
+    assert not any(d & last_frames for d in start)
+    assert any(d & last_frames for d in moved)
+    even = (12, 4, 4)
+    for seed in range(5):
+        assert torch.equal(partition(even, stride, seed).dst_idx,
+                           partition(even, stride, seed, chunk_offset="random").dst_idx)
+    with pytest.raises(ValueError, match="chunk_offset='end'"):
+        partition(grid, stride, 0, chunk_offset="end")
 
 
 def test_site_partitions_differ_by_site_component_and_window_and_are_reproducible() -> None:

@@ -188,7 +188,7 @@ def test_resolve(tmp_path) -> None:
     with pytest.raises(ValueError, match="num_layers=4 but the model runs 5"):
         resolve(sched, 5, None)
     assert resolve("mochi", 6, 10) == get_preset("mochi", 6, 10)
-    assert resolve("mochi", 6, None).num_steps == PRESETS["mochi"].default_steps
+    assert resolve("mochi", 6, None).num_steps == PRESETS["mochi"].num_steps
     path = tmp_path / "s.json"
     sched.save(path)
     assert resolve(str(path), 4, 7) == sched
@@ -205,9 +205,12 @@ def test_resolve(tmp_path) -> None:
         resolve(3, 4, None)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+PRIORS = [name for name, p in PRESETS.items() if p.kind == "prior"]
+
+
+@pytest.mark.parametrize("name", PRIORS)
 @pytest.mark.parametrize("layers,steps", [(30, 50), (42, 50), (60, 50), (48, 64), (2, 4)])
-def test_presets(name: str, layers: int, steps: int) -> None:
+def test_prior_presets(name: str, layers: int, steps: int) -> None:
     sched = get_preset(name, layers, steps)
     assert (sched.num_layers, sched.num_steps) == (layers, steps)
     cov = sched.coverage()
@@ -220,6 +223,24 @@ def test_presets(name: str, layers: int, steps: int) -> None:
     assert all(row[0] == 0.0 for row in sched.q) and all(row[0] == 0.0 for row in sched.kv)
     # Q always cut in fewer cells than K/V (Q is the sensitive side).
     assert cov["q"]["reduced_share"] <= cov["kv"]["reduced_share"]
+    assert sched.meta["kind"] == "prior" and "not calibrated" in sched.meta["source"]
+
+
+@pytest.mark.parametrize("name", [name for name in PRESETS if name not in PRIORS])
+@pytest.mark.parametrize("layers,steps", [(None, None), (4, 20), (42, 50), (7, 3)])
+def test_every_authors_preset_maps_by_relative_position(name: str, layers: int | None, steps: int | None) -> None:
+    native = Schedule.preset(name)
+    assert (native.num_layers, native.num_steps) == (PRESETS[name].num_layers, PRESETS[name].num_steps)
+    mapped = Schedule.preset(name, num_layers=layers, num_steps=steps)
+    L, S = layers or native.num_layers, steps or native.num_steps
+    assert (mapped.num_layers, mapped.num_steps) == (L, S)
+    for s in range(S):
+        for i in range(L):
+            src_s, src_i = s * native.num_steps // S, i * native.num_layers // L
+            assert mapped.q[s][i] == native.q[src_s][src_i]
+            assert mapped.kv[s][i] == native.kv[src_s][src_i]
+    for key in ("stride", "cache_interval", "metric", "source", "kind"):
+        assert mapped.meta[key] == native.meta[key]
 
 
 def test_unknown_preset() -> None:

@@ -125,7 +125,8 @@ def load_schedule_source(spec: Schedule | str | os.PathLike) -> ScheduleSource:
         text = os.fspath(spec)
         if isinstance(spec, str) and text in presets.PRESETS:
             preset = presets.PRESETS[text]
-            settings = {"stride": preset.stride, "cache_interval": preset.cache_interval}
+            settings = {"stride": preset.stride, "cache_interval": preset.cache_interval,
+                        "metric": preset.metric}
             return ScheduleSource(f"preset {text!r}", None, preset, settings)
         if not os.path.exists(text):
             raise ValueError(
@@ -153,8 +154,9 @@ class RatioResolver:
     indices (a site's index is its place in the model: see
     :meth:`asymrnr_fx.state.AsymRnRState.site_indices`). It returns
     None while a preset still waits for the model's site count (the caller then runs those
-    sites unreduced: presets never reduce the first step). The count becomes known through
-    :meth:`set_sites_per_forward`, which also checks fixed-length schedules against it.
+    sites unreduced). The count becomes known through :meth:`set_sites_per_forward` (from the
+    graph that carries the noise level when it holds the sites, else at the end of the first
+    forward), which also checks fixed-length schedules against it.
     """
 
     def __init__(self, config: Any) -> None:  # AsymRnRConfig (imported lazily: no circle)
@@ -184,12 +186,10 @@ class RatioResolver:
             per_site = [(config.q_ratio, config.kv_ratio)]
         elif config.layer_ratios is not None:
             per_site = list(config.layer_ratios)
-        elif self.source.schedule is not None:
-            schedule = self.source.schedule
+        else:
+            schedule = self.source.schedule or self._schedule or self.source.preset.native()
             per_site = [(max(row[i] for row in schedule.q), max(row[i] for row in schedule.kv))
                         for i in range(schedule.num_layers)]
-        else:
-            per_site = [(rule.get("q", 0.0), rule.get("kv", 0.0)) for rule in self.source.preset.rules]
 
         def names(pairs: list[tuple[float, float]]) -> tuple[str, ...]:
             return tuple(name for name, i in (("q", 0), ("kv", 1)) if any(p[i] > 0 for p in pairs))
@@ -203,6 +203,11 @@ class RatioResolver:
             return f"layer_ratios has {len(self.config.layer_ratios)} entries"
         assert self.source is not None
         return f"{self.source.label} has num_layers={self._num_layers}"
+
+    @property
+    def awaits_site_count(self) -> bool:
+        """True while a preset waits for the model's site count to be laid out."""
+        return self._schedule is None and self.source is not None and self.source.preset is not None
 
     def set_sites_per_forward(self, count: int) -> None:
         """The model runs ``count`` attention sites per forward (learned or told)."""

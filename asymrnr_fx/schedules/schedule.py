@@ -256,6 +256,32 @@ class Schedule:
                       for step in range(num_steps)]
         return cls(num_layers, num_steps, out["q"], out["kv"], name=name, meta=meta or {})
 
+    @classmethod
+    def preset(cls, name: str, num_layers: int | None = None, num_steps: int | None = None) -> Schedule:
+        """The built-in preset ``name`` (see :mod:`asymrnr_fx.schedules.presets`) as a schedule:
+        at its native size, or mapped to ``num_layers`` sites and ``num_steps`` steps
+        (:meth:`mapped`). Its matching settings (stride, cache interval, metric) and its source
+        are in ``meta``."""
+        from .presets import get_preset  # presets build on this module
+
+        return get_preset(name, num_layers, num_steps)
+
+    def mapped(self, num_layers: int | None = None, num_steps: int | None = None) -> Schedule:
+        """This schedule laid out on ``num_layers`` sites and ``num_steps`` steps by relative
+        position: site ``i`` of ``L`` reads layer ``floor(i * num_layers_here / L)``, step ``s``
+        reads :func:`map_step` (the same rule a generation with another step count uses).
+        Equal counts give the schedule itself."""
+        layers = self.num_layers if num_layers is None else _check_count("num_layers", num_layers)
+        steps = self.num_steps if num_steps is None else _check_count("num_steps", num_steps)
+        if (layers, steps) == (self.num_layers, self.num_steps):
+            return self
+        rows = [map_step(s, steps, self.num_steps) for s in range(steps)]
+        cols = [i * self.num_layers // layers for i in range(layers)]
+        q = [[self.q[r][c] for c in cols] for r in rows]
+        kv = [[self.kv[r][c] for c in cols] for r in rows]
+        meta = {**self.meta, "mapped_from": [self.num_layers, self.num_steps]}
+        return Schedule(layers, steps, q, kv, name=self.name, meta=meta)
+
     # ---------------------------------------------------------------------- queries
     def step_index(self, step: int, num_steps: int | None = None) -> int:
         """The schedule step read at generation ``step`` (see :func:`map_step`)."""

@@ -56,6 +56,11 @@ def format_summary(schedule: Schedule) -> str:
         f"{title}: {schedule.num_layers} attention sites x {schedule.num_steps} steps, "
         f"{len(schedule.distinct_phases())} distinct phase(s)"
     )
+    if "source" in schedule.meta:  # a preset's (or a derived file's) origin: the authors' or ours
+        head += f"\nsource: {schedule.meta['source']}"
+    if "mapped_from" in schedule.meta:
+        layers, steps = schedule.meta["mapped_from"]
+        head += f"\nmapped by relative position from its native {layers} sites x {steps} steps"
     rows = [
         [
             "Q" if c == "q" else "K/V",
