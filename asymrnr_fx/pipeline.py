@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from .config import AsymRnRConfig
+from .config import RATIO_FIELDS, AsymRnRConfig
 from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend
+from .fences import CACHE_HOOKS, Fence
 from .models import latent_grid
 from .processors import prepare, unprepare
+from .schedules.presets import default_preset
 from .state import AsymRnRState
 
 __all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook", "compile_blind_hooks"]
@@ -96,16 +98,18 @@ class AsymRnRHook(ModelHook):
         super().__init__()
         self.state = state
         self.context = _ContextListener(state)
-        self.compiled_forward: Any = None  # None when only the repeated blocks are compiled
+        self.fence: Fence | None = None  # compiles what runs under the step caches' hooks
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
+        if self.fence is not None:
+            self.fence.refresh()  # a step cache enabled or disabled since the last forward
         state.add_grid_evidence(latent_grid(module, args, kwargs))
         timestep = kwargs.get("timestep")
         state.begin_forward(timestep if isinstance(timestep, torch.Tensor) else None)
-        forward = self.compiled_forward or self.fn_ref.original_forward
         try:
-            return forward(*args, **kwargs)
+            # The chain under this hook (step caches' logic, eager) ends in the compiled forward.
+            return self.fn_ref.original_forward(*args, **kwargs)
         finally:
             state.end_forward()
 
@@ -116,13 +120,14 @@ class AsymRnRHook(ModelHook):
 def compile_blind_hooks(transformer: torch.nn.Module) -> list[str]:
     """Diffusers hooks under ``transformer`` whose forward is excluded from torch.compile
     (``torch.compiler.disable``): the modules they wrap run eagerly, so neither Inductor nor
-    AsymRnR reaches the attention inside (diffusers' MagCache does this to its blocks)."""
+    AsymRnR reaches the attention inside. diffusers' own step caches (MagCache fences its blocks
+    so) are not among them: :class:`~asymrnr_fx.fences.Fence` compiles what they guard."""
     found = []
     for name, module in transformer.named_modules():
         registry = getattr(module, "_diffusers_hook", None)
         for hook_name, hook in (registry.hooks.items() if registry is not None else ()):
             forward = getattr(type(hook), "new_forward", None)
-            if getattr(forward, "_torchdynamo_disable", False):
+            if getattr(forward, "_torchdynamo_disable", False) and hook_name not in CACHE_HOOKS:
                 found.append(f"{hook_name} on {name or type(transformer).__name__}")
     return found
 
@@ -221,6 +226,7 @@ def apply(
     for transformer in transformers:
         if _hook(transformer) is not None:
             raise ValueError("AsymRnR is already applied to this transformer: call remove(pipe) first")
+    family_default = config is None and not RATIO_FIELDS & set(fields)
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
@@ -228,6 +234,7 @@ def apply(
         _parallelize(transformer, parallel)
     states = []
     for transformer in transformers:
+        config_here = _authors_default(transformer, fields) if family_default else None
         prepare(transformer)
         blind = compile_blind_hooks(transformer)
         if blind:
@@ -236,7 +243,7 @@ def apply(
                 "cannot reduce the attention inside; remove that cache or use one that compiles "
                 "(e.g. FirstBlockCache)", type(transformer).__name__,
                 ", ".join(blind[:3]) + (" ..." if len(blind) > 3 else ""))
-        compiler = AsymRnRBackend(config, inner)
+        compiler = AsymRnRBackend(config_here or config, inner)
         compiler.state.hooked = True
         compile_kwargs: dict[str, Any] = {"backend": compiler, "dynamic": False}
         if mode is not None:
@@ -247,8 +254,8 @@ def apply(
         HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
         if regional:
             transformer.compile_repeated_blocks(**compile_kwargs)
-        else:
-            hook.compiled_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
+        hook.fence = Fence(transformer, functools.partial(torch.compile, **compile_kwargs), whole=not regional)
+        hook.fence.refresh()
         states.append(compiler.state)
 
     scheduler = getattr(pipe, "scheduler", None)
@@ -256,6 +263,17 @@ def apply(
     for transformer in transformers:
         transformer._asymrnr_applied = {"tap": tap, "regional": regional}
     return pipe
+
+
+def _authors_default(transformer: torch.nn.Module, fields: dict[str, Any]) -> AsymRnRConfig | None:
+    """The authors' base table for a transformer of a family they calibrated (the default when
+    the user sets no ratios), said at INFO; None elsewhere (the conservative K/V default)."""
+    name = default_preset([type(transformer).__name__], getattr(transformer.config, "num_layers", None))
+    if name is None:
+        return None
+    logger.info("asymrnr: %s: no ratios given, so the AsymRnR authors' calibrated %r table (base rules) "
+                "is used, mapped to the model's sites and steps", type(transformer).__name__, name)
+    return AsymRnRConfig(schedule=name).replace(**fields)
 
 
 def _parallelize(transformer: torch.nn.Module, parallel: Any) -> None:
@@ -278,6 +296,9 @@ def remove(pipe: Any) -> Any:
         applied = getattr(transformer, "_asymrnr_applied", None)
         if applied is None:
             continue
+        hook = _hook(transformer)
+        if hook is not None and hook.fence is not None:
+            hook.fence.remove()
         transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
         if applied["regional"]:
             for module in _compiled_modules(transformer):

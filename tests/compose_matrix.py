@@ -107,9 +107,8 @@ def combinations() -> list[Combination]:
                         tensor_format="BCFHW"))),
         Combination("MagCache (calibration pass)",
                     _cache(lambda c: MagCacheConfig(calibrate=True, num_inference_steps=STEPS)),
-                    expect_rewritten=False,
-                    note="diffusers runs MagCache's blocks under torch.compiler.disable: nothing "
-                         "compiles there, AsymRnR warns at apply() and after the first forward"),
+                    note="diffusers fences MagCache's hooks with torch.compiler.disable; apply compiles "
+                         "the blocks under them"),
         Combination("LoRA adapter (peft, unfused)", _lora(False), needs="peft"),
         Combination("LoRA adapter (peft, fused)", _lora(True), needs="peft"),
         Combination("torchao int8 weight-only", _int8, needs="torchao",

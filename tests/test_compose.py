@@ -47,11 +47,9 @@ def test_composition(name: str) -> None:
     assert row["runs"]
     assert row["steps_right"], row["steps_told"]
     assert row["relative_error_vs_reference"] < 1e-4
-    if combination.expect_rewritten:
-        assert row["sites_rewritten"] > 0 and row["reference_calls"] > 0
-        # AsymRnR adds no recompiles of its own: at most its one nested graph (Inductor).
-        assert row["graphs"] <= row["graphs_plain_backend"] + (combination.apply_kwargs.get("inner") == "inductor")
-    else:  # it cannot work here: said at setup and after the first forward, never silent
-        assert row["sites_rewritten"] == 0
-        assert any("outside torch.compile" in w for w in row["warnings"])
-        assert any("no attention call" in w for w in row["warnings"])
+    assert combination.expect_rewritten  # every combination reaches the attention now
+    assert row["sites_rewritten"] > 0 and row["reference_calls"] > 0
+    # AsymRnR adds no recompiles of its own: at most its one nested graph (Inductor), and the
+    # block graph MagCache's own fence keeps from compiling under a plain backend.
+    extra = (combination.apply_kwargs.get("inner") == "inductor") + name.startswith("MagCache")
+    assert row["graphs"] <= row["graphs_plain_backend"] + extra
