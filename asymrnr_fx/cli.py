@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -153,7 +154,11 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     model, geometry = _load_small_model(args)
     if any(v is not None for v in (args.height, args.width, args.frames)):
         raise CLIError("the small model has a fixed clip size: drop --height/--width/--frames", 2)
-    prompt = args.prompt or "red circle right stripes still"
+    prompt = args.prompt
+    if prompt is None:
+        prompt = "red circle right stripes still"
+        print(f"no --prompt given: sampling {prompt!r} (a shape, a colour and a motion; optionally a "
+              "background and a pan, e.g. 'blue square orbit checker pan-left')")
     # The baseline is plain Inductor: the speed AsymRnR is measured against.
     compiler = None if config is None else asymrnr_fx.backend(config, inner=args.inner)
     runner = torch.compile(model, backend=args.inner if compiler is None else compiler)
@@ -171,7 +176,7 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"{what}: {args.steps} steps in {seconds:.2f} s; wrote {out}")
     if compiler is not None:
-        print(f"asymrnr stats: {dict(compiler.state.stats)}")
+        print(compiler.state.summary())
     return 0
 
 
@@ -218,6 +223,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
     if config is None:
         pipe.transformer = torch.compile(pipe.transformer, backend=args.inner)
+    elif args.schedule is None:  # apply's default: the authors' table where they calibrated the family
+        asymrnr_fx.apply(pipe, inner=args.inner, num_steps=args.steps)
     else:  # compiles in place and takes step counts from the pipeline's scheduler
         asymrnr_fx.apply(pipe, config, inner=args.inner)
     kwargs: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps}
@@ -238,8 +245,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"loaded {args.model} in {loaded:.1f} s on {device}; {what}: {args.steps} steps in "
           f"{seconds:.1f} s; wrote {out}")
     if config is not None:
-        stats = [dict(state.stats) for state in asymrnr_fx.states_of(pipe)]
-        print(f"asymrnr stats: {stats[0] if len(stats) == 1 else stats}")
+        for state in asymrnr_fx.states_of(pipe):
+            print(state.summary())
     return 0
 
 
@@ -284,7 +291,7 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
     table = measure(setup.model, setup.runs, reduction, method=method, steps=args.steps,
                     text_tokens=setup.text_tokens, text_side=setup.text_side,
                     step_groups=args.step_groups, priors=not args.no_priors,
-                    probes=DEFAULT_PROBES if args.probes is None else args.probes)
+                    probes=DEFAULT_PROBES if args.probes is None else args.probes, progress=True)
     meta = dict(table.meta or {})
     meta.update({"model": args.model, "clips": [list(c) for c in setup.clips],
                  "data_range": setup.data_range, "name": setup.name})
@@ -303,17 +310,21 @@ def _load_measurement(path: str):  # noqa: ANN202
         raise CLIError(f"--measurement {path!r}: {_one_line(exc)}", 2) from None
 
 
-def _calibration_cost(table: Any) -> str:
-    """One line: what the measurement cost, in seconds and in plain runs of its clips."""
+def _calibration_cost(table: Any, reused: bool = False) -> str:
+    """One line: what the measurement cost, in seconds and in plain runs of its clips; for a
+    refit of a saved measurement, that this run measured nothing and what the reused one cost."""
     meta = table.meta or {}
     seconds, plain = meta.get("seconds"), meta.get("plain_run_seconds")
     if seconds is None:
-        return "calibration cost: not recorded"
-    line = f"calibration cost: {seconds:.1f} s measuring {table.clips} clip(s) ({table.method})"
-    if plain:
-        line += (f" = {seconds / plain:.1f} baseline-length runs (one plain run of those clips "
-                 f"took {plain:.1f} s)")
-    return line
+        cost = "not recorded"
+    else:
+        cost = f"{seconds:.1f} s measuring {table.clips} clip(s) ({table.method})"
+        if plain:
+            cost += (f" = {seconds / plain:.1f} baseline-length runs (one plain run of those clips "
+                     f"took {plain:.1f} s)")
+    if reused:
+        return f"calibration cost: none in this run (a refit; no model ran); the reused measurement cost {cost}"
+    return f"calibration cost: {cost}"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -340,7 +351,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         line += (f"; predicted PSNR {predicted_psnr(result.stats['predicted_output_mse'], data_range):.1f} dB "
                  "on the calibration clips (first order; measured PSNR is usually 1-3 dB lower)")
     print(line)
-    print(_calibration_cost(table))
+    print(_calibration_cost(table, reused=bool(args.measurement)))
     print(f"wrote {out} and {stats_path}" + ("" if args.measurement else
           f"; refit other targets without running the model: --measurement {table_path}"))
     return 0
@@ -360,20 +371,52 @@ def _first_positional(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The argument parser; the demo's options are added only when ``argv`` runs the demo."""
-    parser = _Parser(prog=PROG, description="AsymRnR for video diffusion transformers.")
+    from .schedules.presets import PRESETS  # plain data: keeps --help fast
+
+    presets = ", ".join(PRESETS)
+    parser = _Parser(prog=PROG, description="AsymRnR for video diffusion transformers: token reduction "
+                     "as a torch.compile backend.", epilog=f"Run '{PROG} COMMAND -h' for a command's "
+                     f"options and an example. Schedule presets: {presets}.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("demo", help="Inductor vs AsymRnR on the shipped small model (CPU, offline)",
-                       description="Run 'asymrnr demo -h' for the demo's options.")
+    def command(name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=textwrap.fill(description, 88),
+                              epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("demo", "Inductor vs AsymRnR on the shipped small model (CPU, offline)",
+                "Sample the demo prompts (and held-out clips) with plain Inductor and with AsymRnR, "
+                "timed in interleaved rounds; print time, speedup (with its spread), attention FLOPs "
+                "saved, PSNR and SSIM per clip, and write a labelled side-by-side GIF and a JSON.",
+                f"  {PROG} demo\n  {PROG} demo --schedule small.json --rounds 5\n"
+                f"  {PROG} demo --prompts 'red circle right' 'blue square zoom checker' --held-out 0")
     if _first_positional(argv) == "demo":
         from .small import demo
 
         demo.add_arguments(p)  # imported only when the demo runs
     p.set_defaults(func=cmd_demo)
-    _add_generate(sub.add_parser("generate", help="generate a video with AsymRnR"))
-    _add_calibrate(sub.add_parser("calibrate", help="fit a schedule to a model's token redundancy"))
-    _add_show(sub.add_parser("show", help="print a schedule and draw its heat map"))
+    _add_generate(command(
+        "generate", "generate a video with AsymRnR (the small model or a diffusers pipeline)",
+        "Generate one video with AsymRnR (or the plain Inductor baseline with --schedule off) and "
+        f"report the time. Without --schedule: on the small model K/V 0.3 at every site; on a "
+        f"pipeline apply()'s default (the authors' table for CogVideoX, HunyuanVideo and Mochi). "
+        f"Presets: {presets}.",
+        f"  {PROG} generate --model small --prompt 'blue square orbit checker still' --out clip.gif\n"
+        f"  {PROG} generate --model THUDM/CogVideoX-2b --prompt 'a cat surfing' --schedule cogvideox-2b-fast "
+        "--warmup --out cat.mp4"))
+    _add_calibrate(command(
+        "calibrate", "fit a schedule to a model at a target share of attention FLOPs",
+        "Measure how much each (site, step window, Q or K/V) cut changes the final output (the default "
+        "where the sampler replays steps: the small and tiny models) or each site's token redundancy "
+        "(diffusers pipelines), then fit the cheapest-error schedule that removes --target of the "
+        "attention FLOPs. --measurement refits a saved measurement without running the model.",
+        f"  {PROG} calibrate --model small --target 0.5 --steps 20 --out small.json\n"
+        f"  {PROG} calibrate --model small --target 0.6 --out small60.json --measurement small.measurement.json"))
+    _add_show(command(
+        "show", "print a schedule (file or preset) and draw its heat map",
+        f"Print a schedule's coverage, its source and its table, and draw Q and K/V as layers x steps "
+        f"heat maps. A preset shows at its native size unless --layers/--steps say. Presets: {presets}.",
+        f"  {PROG} show small.json\n  {PROG} show cogvideox-2b --no-png\n  {PROG} show wan2.1 --layers 30 --steps 50"))
     return parser
 
 
@@ -381,16 +424,16 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small' (the shipped model), a Hugging Face id or a local pipeline folder")
     p.add_argument("--prompt", help="text prompt")
-    p.add_argument("--schedule", help="preset name, schedule JSON file, or 'off' for the "
-                   "plain Inductor baseline (default: K/V 0.3 at every site)")
+    p.add_argument("--schedule", help="preset name, schedule JSON file, or 'off' for the plain Inductor "
+                   "baseline (default: see above)")
     p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--out", help="output video (.mp4 needs imageio; else a .gif is written)")
-    p.add_argument("--height", type=positive_int)
-    p.add_argument("--width", type=positive_int)
-    p.add_argument("--frames", type=positive_int)
+    p.add_argument("--height", type=positive_int, help="video height in pixels (pipeline default if unset)")
+    p.add_argument("--width", type=positive_int, help="video width in pixels (pipeline default if unset)")
+    p.add_argument("--frames", type=positive_int, help="number of frames (pipeline default if unset)")
     p.add_argument("--guidance", type=non_negative_float, help="guidance scale (pipeline default if unset)")
-    p.add_argument("--fps", type=positive_int, default=8)
+    p.add_argument("--fps", type=positive_int, default=8, help="frames per second of the written video (default 8)")
     p.add_argument("--warmup", action="store_true",
                    help="run once untimed first, so the reported time excludes compilation")
     p.add_argument("--inner", default="inductor", choices=("inductor", "eager"),
@@ -413,7 +456,7 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
                    "redundancy with priors (default for diffusers pipelines)")
     p.add_argument("--prompt", nargs="+", action="extend",
                    help="calibration prompt(s) (default: the small model's calibration set, or "
-                   "8 varied prompts for a text-to-video pipeline; see the README)")
+                   "8 varied prompts for a text-to-video pipeline; see docs/schedules.md)")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per prompt (default 1)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="first seed (clips count up from it) and the partition seed")
@@ -432,9 +475,9 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
                    "(default: one group per window)")
     p.add_argument("--no-priors", action="store_true",
                    help="redundancy only: no Q / shallow-layer / early-step weighting")
-    p.add_argument("--height", type=positive_int)
-    p.add_argument("--width", type=positive_int)
-    p.add_argument("--frames", type=positive_int)
+    p.add_argument("--height", type=positive_int, help="video height of the runs (pipeline default if unset)")
+    p.add_argument("--width", type=positive_int, help="video width of the runs (pipeline default if unset)")
+    p.add_argument("--frames", type=positive_int, help="frames of the runs (pipeline default if unset)")
     _common_model_flags(p)
     p.set_defaults(func=cmd_calibrate)
 

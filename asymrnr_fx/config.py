@@ -104,7 +104,7 @@ class AsymRnRConfig:
         chunk_offset: where the stride's complete chunks sit when the stride does not divide
             the grid: ``"start"`` (at the origin; the leftover frames, rows and columns are
             the last ones) or ``"random"`` (shifted by a fresh draw per partition, as the
-            reference implementation does). See the README's leftover-token measurement.
+            reference implementation does). See the leftover-token measurement in docs/schedules.md.
     """
 
     kv_ratio: float = DEFAULT_KV_RATIO

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -109,23 +110,37 @@ class PerSizeRunner:
         return build_runner(concrete, args, self.state, self.compiler, uid=self.uid)
 
 
+def _names(labels: list[str], limit: int = 4) -> str:
+    return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
 def _log_sites(gm: fx.GraphModule, sites: list[AttentionSite], state: AsymRnRState) -> None:
-    """INFO per site; a WARNING when a graph's sites are all left alone for a reason the user
-    can fix (the speedup must never disappear silently)."""
+    """One INFO line per compiled graph (the sites rewritten by module path, those left alone by
+    design counted by kind), one per site left alone for a reason the user may fix, and a
+    WARNING when such reasons leave a graph's sites all alone (the speedup must never disappear
+    silently)."""
     for site in sites:
-        if not site.rewritable:
-            state.log_once(f"asymrnr: left {site.node_name} alone: {site.reason}")
-        elif not site.layout.grid_inferred:
-            state.log_once(f"asymrnr: {site.node_name}: 1-D partition over the video tokens "
-                      "(allow_1d_partition=True; set grid=(T, H, W) for the paper's 3-D chunks)")
+        if not site.rewritable and site.kind not in NOT_VIDEO:
+            state.log_once(f"asymrnr: left {site.label} alone: {site.reason}")
+        elif site.rewritable and not site.layout.grid_inferred:
+            state.log_once(f"asymrnr: {site.label}: 1-D partition over the video tokens "
+                           "(allow_1d_partition=True; set grid=(T, H, W) for the paper's 3-D chunks)")
     if not sites:
         return
-    rewritten = sum(s.rewritable for s in sites)
-    state.log_once(f"asymrnr: graph {id(gm.graph):x}: {rewritten} of {len(sites)} attention sites rewritten")
+    rewritten = [s.label for s in sites if s.rewritable]
+    by_design = Counter(s.kind.value for s in sites if not s.rewritable and s.kind in NOT_VIDEO)
+    other = sum(not s.rewritable and s.kind not in NOT_VIDEO for s in sites)
+    line = f"asymrnr: compiled a graph: {len(rewritten)} video self-attention site(s) rewritten"
+    line += f" ({_names(rewritten)})" if rewritten else ""
+    if by_design:
+        line += "; left alone by design: " + ", ".join(f"{n} {kind}" for kind, n in sorted(by_design.items()))
+    if other:
+        line += f"; {other} left alone (said above)"
+    state.log_once(line)
     fixable = sorted({s.reason for s in sites if not s.rewritable and s.kind not in NOT_VIDEO})
     if not rewritten and fixable:
         state.log_once(f"asymrnr: {len(sites)} attention site(s) in a graph and none rewritten, so "
-                  f"AsymRnR does nothing there: {' | '.join(fixable)}", logging.WARNING)
+                       f"AsymRnR does nothing there: {' | '.join(fixable)}", logging.WARNING)
 
 
 def _warn_if_unprepared(gm: fx.GraphModule, state: AsymRnRState) -> None:

@@ -84,10 +84,14 @@ class Fence:
     ``torch.compile`` (``apply``'s hook calls into the chain)."""
 
     def __init__(self, transformer: torch.nn.Module, compile_fn: Callable[[Callable[..., Any]], Callable[..., Any]],
-                 *, whole: bool = True) -> None:
+                 *, whole: bool = True, go_regional: Callable[[], bool] | None = None) -> None:
         self.transformer = transformer
         self.compile_fn = compile_fn
         self.whole = whole
+        # Called once when a step cache appears under a whole-model compile: compiles the
+        # repeated blocks instead (True) or cannot (False); see refresh.
+        self.go_regional = go_regional
+        self.went_regional = False
         self.fenced: dict[int, _Fenced] = {}
         self.signature: tuple[Any, ...] | None = None
 
@@ -100,6 +104,15 @@ class Fence:
         signature = self._signature()
         if signature == self.signature:
             return
+        caches = any(cache_hooks_of(m) for m in self.transformer.modules() if m is not self.transformer)
+        if caches and self.whole and self.go_regional is not None and self.go_regional():
+            # A compiled frame of the transformer's own code would break at the first fenced block,
+            # inside the block loop, and Dynamo then skips that code for good: every model of the
+            # class in the process, cached or not, would lose its whole-model graph. So with a
+            # step cache the transformer's own code runs eagerly and its blocks are compiled.
+            self.whole, self.went_regional = False, True
+            logger.info("asymrnr: %s: a step cache is enabled, so its repeated blocks are compiled "
+                        "(regional compilation) instead of the whole model", type(self.transformer).__name__)
         wanted = {id(m): m for m in self.transformer.modules()
                   if cache_hooks_of(m) or (self.whole and m is self.transformer)}
         for key in [k for k in self.fenced if k not in wanted]:

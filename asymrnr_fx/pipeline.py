@@ -28,10 +28,11 @@ import torch
 from .config import RATIO_FIELDS, AsymRnRConfig
 from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend
-from .fences import CACHE_HOOKS, Fence
+from .fences import CACHE_HOOKS, Fence, cache_hooks_of
 from .models import latent_grid
 from .processors import prepare, unprepare
 from .schedules.presets import default_preset
+from .schedules.ratios import describe
 from .state import AsymRnRState
 
 __all__ = ["apply", "remove", "states_of", "StepCallback", "AsymRnRHook", "compile_blind_hooks"]
@@ -137,16 +138,40 @@ def _hook(transformer: torch.nn.Module) -> AsymRnRHook | None:
     return None if registry is None else registry.get_hook(HOOK_NAME)
 
 
+def _compiled_backend(module: Any) -> AsymRnRBackend | None:
+    """The AsymRnR backend a ``torch.compile``'d module (``OptimizedModule``) was compiled with:
+    the bare ``"asymrnr"`` name or :func:`asymrnr_fx.backend` (found through the wrappers Dynamo
+    keeps around the backend), else None."""
+    ctx = getattr(module, "dynamo_ctx", None)
+    found, seen = getattr(ctx, "callback", None), 0
+    while found is not None and not isinstance(found, AsymRnRBackend) and seen < 8:
+        found = next((getattr(found, name) for name in ("_torchdynamo_orig_backend", "compiler_fn", "__wrapped__")
+                      if getattr(found, name, None) is not None and getattr(found, name) is not found), None)
+        seen += 1
+    return found if isinstance(found, AsymRnRBackend) else None
+
+
 def states_of(target: Any) -> list[AsymRnRState]:
-    """The AsymRnR states of a backend, a state, or a pipeline / transformer given to
-    :func:`apply`."""
+    """The AsymRnR states of a backend, a state, a pipeline / transformer given to
+    :func:`apply`, or one compiled with ``torch.compile(transformer, backend="asymrnr")`` or
+    ``backend=asymrnr_fx.backend(...)`` (the bare name's state is one for the whole process)."""
     if isinstance(target, AsymRnRState):
         return [target]
     if isinstance(target, AsymRnRBackend):
         return [target.state]
-    states = [hook.state for m in _transformers(target) if (hook := _hook(m)) is not None]
+    modules = [target] if isinstance(target, torch.nn.Module) else [
+        m for name in TRANSFORMER_NAMES if isinstance(m := getattr(target, name, None), torch.nn.Module)]
+    states = []
+    for module in modules:
+        hook = _hook(getattr(module, "_orig_mod", module))
+        backend = _compiled_backend(module)
+        if hook is not None:
+            states.append(hook.state)
+        elif backend is not None:
+            states.append(backend.state)
     if not states:
-        raise ValueError(f"AsymRnR is not applied to {type(target).__name__}: call asymrnr_fx.apply first")
+        raise ValueError(f"AsymRnR is not applied to {type(target).__name__}: call asymrnr_fx.apply(pipe), "
+                         "or compile the transformer with backend='asymrnr' or asymrnr_fx.backend(...)")
     return states
 
 
@@ -254,15 +279,36 @@ def apply(
         HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
         if regional:
             transformer.compile_repeated_blocks(**compile_kwargs)
-        hook.fence = Fence(transformer, functools.partial(torch.compile, **compile_kwargs), whole=not regional)
+        hook.fence = Fence(transformer, functools.partial(torch.compile, **compile_kwargs), whole=not regional,
+                           go_regional=functools.partial(_compile_blocks, transformer, compile_kwargs))
         hook.fence.refresh()
         states.append(compiler.state)
 
     scheduler = getattr(pipe, "scheduler", None)
     tap = _SchedulerTap(scheduler, states) if scheduler is not None and not isinstance(pipe, torch.nn.Module) else None
-    for transformer in transformers:
+    for transformer, state in zip(transformers, states, strict=True):
         transformer._asymrnr_applied = {"tap": tap, "regional": regional}
+        fenced = sorted({n for m in transformer.modules() for n in cache_hooks_of(m)})
+        logger.info(
+            "asymrnr: apply(%s): %s compiled (%s behind the rewrite); steps from %s; %s%s",
+            type(transformer).__name__, "the whole model" if _hook(transformer).fence.whole else "its repeated blocks",
+            "Inductor" if inner == "inductor" else "no Inductor",
+            "the pipeline's scheduler" if tap is not None else "its timestep input", describe(state.config),
+            f"; step caches run around compiled forwards: {', '.join(fenced)}" if fenced else "")
     return pipe
+
+
+def _compile_blocks(transformer: torch.nn.Module, compile_kwargs: dict[str, Any]) -> bool:
+    """Compile the transformer's repeated blocks (diffusers' ``compile_repeated_blocks``); False
+    when the class names none."""
+    if not getattr(transformer, "_repeated_blocks", None):
+        logger.warning(
+            "asymrnr: %s: a step cache is enabled but the class names no repeated blocks "
+            "(_repeated_blocks), so the whole model stays compiled; Dynamo may then skip its forward "
+            "for every instance of the class in this process", type(transformer).__name__)
+        return False
+    transformer.compile_repeated_blocks(**compile_kwargs)
+    return True
 
 
 def _authors_default(transformer: torch.nn.Module, fields: dict[str, Any]) -> AsymRnRConfig | None:
@@ -300,7 +346,7 @@ def remove(pipe: Any) -> Any:
         if hook is not None and hook.fence is not None:
             hook.fence.remove()
         transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
-        if applied["regional"]:
+        if applied["regional"] or (hook is not None and hook.fence is not None and hook.fence.went_regional):
             for module in _compiled_modules(transformer):
                 module._compiled_call_impl = None
         if applied["tap"] is not None:

@@ -133,6 +133,18 @@ class AsymRnRState:
         self._occurrences: Counter[Hashable] = Counter()
         self._ticked = False
 
+    def summary(self) -> str:
+        """One line for people: the denoising loops and forwards seen, the attention calls
+        reduced, and any fallback (the raw counts are in :attr:`stats`)."""
+        st = self.stats
+        reduced = st["cache_refreshes"] + st["cache_hits"]
+        line = (f"asymrnr: {st['generations']} denoising loop(s), {st['forwards']} forward(s); {reduced} "
+                f"attention call(s) reduced ({st['cache_refreshes']} matched afresh, {st['cache_hits']} "
+                "reusing a cached match)")
+        if self.fallbacks:
+            line += f"; {len(self.fallbacks)} graph(s) fell back (see the WARNING above)"
+        return line
+
     def log_once(self, message: str, level: int = logging.INFO) -> None:
         """Log ``message`` once per application (a site left alone is said once, not per call)."""
         if message not in self._logged:
@@ -242,7 +254,8 @@ class AsymRnRState:
                 "timestep) and no scheduler or set_step tells the steps, so every forward runs "
                 "as step 0 of its schedule: use asymrnr_fx.apply(pipe), StepCallback or "
                 "state.set_step", logging.WARNING)
-        if self.stats["forwards"] == 1 and not self._forward_sites and not self.sites_left_alone:
+        if (self.stats["forwards"] == 1 and not self._forward_sites and not self.sites_left_alone
+                and not self.config.is_identity):  # at ratio 0 nothing is rewritten, by request
             self.log_once(
                 "asymrnr: no attention call of this forward reached a graph the backend compiled, "
                 "so AsymRnR does nothing: something runs the attention outside torch.compile (a "
@@ -277,10 +290,12 @@ class AsymRnRState:
             self.ratios.set_sites_per_forward(len(site_keys))
             self._provisional_count = len(site_keys)
         if own_tick:
-            if self._ticked and not self.hooked:
-                self._pending_tick = tick
-            else:
+            if not self._ticked:
                 self._observe(*tick)
+            elif not self.hooked:
+                self._pending_tick = tick
+            # else: apply's hook marks forwards, and this one has ticked already (from the
+            # model's timestep input; a block graph's temb is the same noise level again)
 
     def _observe(self, kind: str, value: torch.Tensor) -> None:
         """The forward's noise level: ticks the step (once per forward, unless told)."""

@@ -16,7 +16,7 @@ Transfer: the schedule calibrated on the calibration set against the one calibra
 held-out set itself, both scored on the held-out set. Cost: seconds of each measurement and
 the same in plain baseline-length runs of its clips.
 
-    python -m benchmarks.calibration --threads 1   # tables, JSON, the README's calibration tables
+    python -m benchmarks.calibration --threads 1   # tables, JSON, the calibration tables in docs/schedules.md
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ case is 3 of 33). A high Q ratio everywhere (Q is the side whose cut stays visib
 moderate K/V ratio, eager rewrite, the held-out clips, 20 steps; PSNR per frame against the
 unreduced clips, for each placement.
 
-    python -m benchmarks.leftover --threads 2   # table, JSON, the README's section (a few minutes)
+    python -m benchmarks.leftover --threads 2   # table, JSON, the section in docs/schedules.md (a few minutes)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def per_frame_psnr(clips: torch.Tensor, baseline: torch.Tensor) -> list[float]:
 
 
 def render(document: dict) -> str:
-    """The README table: PSNR per frame, the chunked frames' mean and the leftover frames'."""
+    """The docs table: PSNR per frame, the chunked frames' mean and the leftover frames'."""
     covered, frames = document["covered_frames"], len(next(iter(document["psnr_per_frame"].values())))
     rows = []
     for placement, values in document["psnr_per_frame"].items():
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "leftover.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the docs section")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
-"""The README's presets table: every built-in preset, what it cuts and where it comes from.
+"""The presets table of docs/schedules.md: every built-in preset, what it cuts and where it comes from.
 
-    python -m benchmarks.presets_table   # prints the table and rewrites the README section
+    python -m benchmarks.presets_table   # prints the table and rewrites its docs section
 """
 
 from __future__ import annotations

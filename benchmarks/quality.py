@@ -21,7 +21,7 @@ Then the paper's claims, each as a paired comparison clip by clip: *held* when t
 difference is above two standard errors, *not held* when it is below minus two (the
 opposite holds), *inconclusive* in between.
 
-    python -m benchmarks.quality --threads 1     # table, JSON, the README's quality tables
+    python -m benchmarks.quality --threads 1     # table, JSON, the quality tables in docs/quality.md
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=2) + "\n")
     if not args.only and args.set == HELD_OUT.name and args.weights is None:
         write_section(SECTION, render(document))
-        print(f"wrote the README's {SECTION} tables", file=sys.stderr)
+        print(f"wrote the {SECTION} tables in docs/quality.md", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -1,6 +1,6 @@
 """What to expect at real sizes: each preset's saving, computed (not timed) on the real shapes.
 
-    python -m benchmarks.real_sizes     # prints the table, writes results/real_sizes.json and the README section
+    python -m benchmarks.real_sizes     # prints the table, writes results/real_sizes.json and the docs section
 
 The saving a schedule makes is a matter of shapes, not weights. Each model is built from its
 published configuration on the meta device (no weights, no download, no compute); torch's own
@@ -19,7 +19,7 @@ removes (matching paid back), and the bound it can reach, ``1 / (1 - saved share
 if time followed FLOPs. Stacked rows add a step cache that serves the blocks after the first
 from cache on half the steps (those blocks' FLOPs counted as saved there, AsymRnR on the steps
 that compute). Gathers, restores and cache bookkeeping are not counted: the GPU anchors show
-gathers free inside a compiled graph. These are FLOP counts, not timings: the README compares
+gathers free inside a compiled graph. These are FLOP counts, not timings: docs/performance.md compares
 them with the one measured anchor (H200, CogVideoX-2B size: K/V 0.5 in every layer, 1.48x
 compiled).
 """
@@ -309,7 +309,7 @@ def run_all(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 def render(rows: Sequence[dict[str, Any]]) -> str:
-    """The README table (Markdown) from the saved rows."""
+    """The docs table (Markdown) from the saved rows."""
     from tabulate import tabulate
 
     table = [[r["model"], r["resolution"], f"{r['tokens']:,}", r["sites"], r["steps"],
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None:
         RESULTS.write_text(json.dumps({"rows": rows, "cached_step_share": CACHED_STEP_SHARE}, indent=1) + "\n")
         write_section(SECTION, table)
-        print(f"wrote {RESULTS.relative_to(ROOT)} and the table in README.md", file=sys.stderr)
+        print(f"wrote {RESULTS.relative_to(ROOT)} and the table in docs/performance.md", file=sys.stderr)
     return 0
 
 

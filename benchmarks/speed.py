@@ -645,7 +645,7 @@ def _x(value: float | None) -> str:
 
 def format_tables(result: dict[str, Any], tablefmt: str = "simple") -> str:
     """Human-readable tables of a result (what ``main`` prints; ``tablefmt="github"`` is the
-    README's Markdown)."""
+    docs' Markdown)."""
     from tabulate import tabulate
 
     lines = []
@@ -720,7 +720,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "written after every stage)")
     parser.add_argument("--out", default=None, help="JSON path (default speed_<preset>.json)")
     parser.add_argument("--readme", action="store_true",
-                        help="also write the tables as the README's speed-<preset> section")
+                        help="also write the tables as the speed-<preset> section of docs/performance.md")
     return parser.parse_args(argv)
 
 
@@ -784,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from benchmarks.readme import write_section
 
         write_section(f"speed-{preset.name}", format_tables(result, "github"))
-        print(f"wrote the README's speed-{preset.name} section")
+        print(f"wrote the speed-{preset.name} section of docs/performance.md")
     return result
 
 

@@ -11,6 +11,7 @@ the rank-local tokens. Everything else is left alone with a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from .verdicts import NOT_VIDEO, Refusal, SiteKind
 from .walk import ancestors
 
 __all__ = ["AttentionSite", "SiteKind", "SDPA_TARGETS", "DYNAMIC_SHAPES", "NOT_VIDEO", "find_sdpa_nodes",
-           "sdpa_arguments", "classify_sites", "module_classes", "count_blocks", "attention_kernel",
+           "sdpa_arguments", "classify_sites", "module_classes", "module_path", "count_blocks", "attention_kernel",
            "projection_weight_input"]
 
 SDPA_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
@@ -59,6 +60,12 @@ class AttentionSite:
     # inputs, so one graph may serve every block): at run time it says which block this is.
     weight_input: int | None = None
     kind: SiteKind = SiteKind.VIDEO_SELF_ATTENTION
+    module: str = ""  # the attention module's path in the model (``blocks.0.attn1``), "" if unknown
+
+    @property
+    def label(self) -> str:
+        """How logs name the site: its module path, else its graph node."""
+        return self.module or self.node_name
 
 
 # Attention kernels that are not SDPA (diffusers' other attention backends): found by name, so
@@ -282,13 +289,28 @@ def classify_sites(
     for node in graph.nodes:
         kernel = attention_kernel(node)
         if kernel is not None:
-            sites.append(_other_kernel_site(node, kernel))
+            sites.append(dataclasses.replace(_other_kernel_site(node, kernel), module=module_path(node)))
             continue
         if node.op != "call_function" or node.target not in SDPA_TARGETS:
             continue
         try:
-            sites.append(_classify(node, sdpa_arguments(node), layout_for))
+            site = _classify(node, sdpa_arguments(node), layout_for)
         except Exception as error:  # a site the pass does not understand is left alone
-            sites.append(_left_alone(node.name, SiteKind.NOT_UNDERSTOOD,
-                                     f"not understood ({type(error).__name__}: {error})"))
+            site = _left_alone(node.name, SiteKind.NOT_UNDERSTOOD, f"not understood ({type(error).__name__}: {error})")
+        sites.append(dataclasses.replace(site, module=module_path(node)))
     return sites
+
+
+def module_path(node: fx.Node) -> str:
+    """The path of the innermost module ``node`` was traced inside, as ``named_modules`` spells
+    it (``transformer_blocks.0.attn1``; Dynamo records ``L['self'].transformer_blocks[0].attn1``),
+    "" when the graph does not say."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    entry = list(stack.values())[-1]
+    path = str(entry[0] if isinstance(entry, tuple) else entry)
+    path = re.sub(r"^L\[['\"]\w+['\"]\]\.?", "", path)  # the frame's local (self, fn)
+    path = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", path)  # [0] / ['key'] -> .0 / .key
+    path = re.sub(r"(^|\.)(__dict__|_modules)(?=\.)", "", path)  # attribute lookups Dynamo spelled out
+    return path.strip(".")

@@ -8,10 +8,10 @@ identical. A row says whether it ran, how many attention sites were rewritten, h
 two outputs are apart, how many graphs Dynamo compiled (against the same combination under a
 plain backend), and whether the steps were counted right.
 
-    python -m tests.compose_matrix    # prints the table, writes its JSON and the README's table
+    python -m tests.compose_matrix    # prints the table, writes its JSON and the table in docs/composition.md
 
 ``tests/test_compose.py`` asserts every row; ``tests/test_readme_tables.py`` checks that the
-README's composition table is what the checked-in JSON renders.
+docs' composition table is what the checked-in JSON renders.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class _Collect(logging.Handler):
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The README table."""
+    """The docs table (docs/composition.md)."""
     lines = ["| combination | runs | sites rewritten | vs reference (rel. error) | graphs (plain backend) | steps right | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -232,7 +232,7 @@ def main() -> int:
     out = RESULTS / "compose_matrix.json"
     out.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
     write_section(SECTION, table)
-    print(f"wrote {out} and the README's {SECTION} table", file=sys.stderr)
+    print(f"wrote {out} and the {SECTION} table in docs/composition.md", file=sys.stderr)
     return 0
 
 

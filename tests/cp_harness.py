@@ -7,7 +7,7 @@ single-process AsymRnR reference of each tiny model, then both ranks run the sam
 diffusers' context parallelism assumes an accelerator. The stand-ins below make it run on CPU
 and live here only, never in the package.
 
-    python -m tests.cp_harness    # the README's equivalence table, and its JSON
+    python -m tests.cp_harness    # the equivalence table in docs/multi-gpu.md, and its JSON
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def worker(rank: int, world: int, port: int, out: str, cases: tuple[str, ...] = 
         dist.destroy_process_group()
 
 
-# (label, plan, single-process key, two-process key, show AsymRnR's own effect) of the README table.
+# (label, plan, single-process key, two-process key, show AsymRnR's own effect) of the docs table.
 ROWS = (
     ("`WanTransformer3DModel`", "diffusers'", "wan/single", "wan/ulysses", True),
     ("`LTXVideoTransformer3DModel` (no text mask)", "diffusers'", "ltxvideo/single", "ltxvideo/ulysses", True),
@@ -217,7 +217,7 @@ def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    """What the README shows of one harness run (JSON-able)."""
+    """What the docs show of one harness run (JSON-able)."""
     rows = []
     for label, plan, single_key, ulysses_key, show_effect in ROWS:
         single, ulysses = results[single_key], results[ulysses_key]
@@ -234,7 +234,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(document: dict[str, Any]) -> str:
-    """The README's equivalence table (largest relative difference over the steps)."""
+    """The equivalence table of docs/multi-gpu.md (largest relative difference over the steps)."""
     def number(value: float | None) -> str:
         return "" if value is None else ("0.0" if value == 0 else f"{value:.1e}")
 

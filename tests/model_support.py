@@ -1,14 +1,14 @@
 """The model-support table: every video transformer class of diffusers, checked and generated.
 
     python -m tests.model_support                # all tiny configs and pipelines (about 15 minutes)
-    python -m tests.model_support --only mochi   # some configs; JSON and README left as they are
+    python -m tests.model_support --only mochi   # some configs; JSON and docs left as they are
 
-Runs :func:`benchmarks.model_checks.check_model` on every tiny config of
-:mod:`asymrnr_fx.tiny_models` and :func:`benchmarks.pipeline_checks.check_pipeline` on every tiny
-pipeline, prints the table, writes ``benchmarks/results/models.json`` and replaces the README's
+Runs :func:`tests.model_checks.check_model` on every tiny config of
+:mod:`asymrnr_fx.tiny_models` and :func:`tests.pipeline_checks.check_pipeline` on every tiny
+pipeline, prints the table, writes ``benchmarks/results/models.json`` and replaces the docs'
 model-support table with it. ``tests/test_model_support.py`` runs the same checks in CI (the
 Inductor column for a representative subset, the rest read from the JSON) and fails when the
-README's table is not what they produce.
+docs' table is not what they produce.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from benchmarks.readme import README, ROOT, read_section, write_section
+from benchmarks.readme import ROOT, read_section, write_section
 
 RESULTS = ROOT / "benchmarks" / "results" / "models.json"
 SECTION = "model-support"
@@ -76,7 +76,7 @@ def _pipeline_line(row: dict[str, Any]) -> str:
 
 
 def render_table(models: Sequence[dict[str, Any]], pipelines: Sequence[dict[str, Any]]) -> str:
-    """The README's model-support tables (Markdown) from the rows of the checks."""
+    """The model-support tables (Markdown) from the rows of the checks."""
     lines = [
         "| class | tiny config | rewritten with `apply` | plain `torch.compile` | left alone (why) "
         "| vs reference | with Inductor | regional compile | conditioning |",
@@ -92,7 +92,7 @@ def render_table(models: Sequence[dict[str, Any]], pipelines: Sequence[dict[str,
 
 
 def readme_table() -> str:
-    """The README's model-support section as it stands."""
+    """The model-support section (docs/model-support.md) as it stands."""
     return read_section(SECTION)
 
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"models": models, "pipelines": pipelines}, indent=1) + "\n")
         write_section(SECTION, table)
-        print(f"wrote {RESULTS.relative_to(ROOT)} and the table in {README.name}", file=sys.stderr)
+        print(f"wrote {RESULTS.relative_to(ROOT)} and the table in docs/model-support.md", file=sys.stderr)
     return 0
 
 

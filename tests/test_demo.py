@@ -57,3 +57,29 @@ def test_default_prompts_are_reported_in_sample_and_held_out() -> None:
     assert demo._check_prompts(parser.parse_args(["--held-out", "0"]))[2] == ["in-sample"] * 4
     assert demo._check_prompts(parser.parse_args(["--prompts", "red circle right"]))[2] == ["yours"]
     assert "--held-out 9" in demo._check_prompts(parser.parse_args(["--held-out", "9"]))
+
+
+def _result(baseline_rounds: list[list[float]], asymrnr_rounds: list[list[float]]) -> dict:
+    import statistics
+
+    clips = len(baseline_rounds[0])
+    return {"prompts": ["p"] * clips,
+            "baseline_seconds": [statistics.median(r[i] for r in baseline_rounds) for i in range(clips)],
+            "asymrnr_seconds": [statistics.median(r[i] for r in asymrnr_rounds) for i in range(clips)],
+            "baseline_seconds_per_round": baseline_rounds, "asymrnr_seconds_per_round": asymrnr_rounds}
+
+
+def test_the_timing_verdict_says_when_load_made_the_speedup_unreliable() -> None:
+    steady = _result([[3.0, 3.0]] * 3, [[2.0, 2.1]] * 3)
+    assert "unreliable" not in demo.timing_verdict(steady) and "1.46x" in demo.timing_verdict(steady)
+    # A busy second round: the baseline ran fast and AsymRnR slow.
+    drifting = _result([[3.0, 3.0], [1.5, 1.5], [3.0, 3.0]], [[2.0, 2.0], [3.0, 3.0], [2.0, 2.0]])
+    verdict = demo.timing_verdict(drifting)
+    assert "unreliable" in verdict and "0.50x-1.50x" in verdict
+    assert "one round" in demo.timing_verdict(_result([[3.0]], [[2.0]]))
+
+
+def test_interleaved_rounds_alternate_the_order_and_keep_every_round(tmp_path) -> None:
+    assert demo.main(_args(tmp_path, "--kv-ratio", "0.5", "--rounds", "2")) == 0
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert len(result["baseline_seconds_per_round"]) == len(result["asymrnr_seconds_per_round"]) == 2

@@ -1,10 +1,10 @@
 """Every video transformer class of diffusers under the backend, and apply(pipe) on tiny
-pipelines: the checks behind the README's generated model-support table.
+pipelines: the checks behind the generated model-support table (docs/model-support.md).
 
 Each tiny config runs :func:`tests.model_checks.check_model` (sites, the reference,
 regional compilation) and must give exactly the row specified here; each tiny pipeline runs
 :func:`tests.pipeline_checks.check_pipeline`. The last test renders the table from these
-rows and compares it with the README (``python -m tests.model_support`` rewrites it).
+rows and compares it with the docs (``python -m tests.model_support`` rewrites it).
 """
 
 from __future__ import annotations
@@ -152,4 +152,4 @@ def test_readme_model_support_section_is_the_generated_table() -> None:
               for name in EXPECTED for row in [_model_row(name).to_dict()]]
     pipelines = [_pipeline_row(name).to_dict() for name in PIPELINES]
     assert readme_table() == render_table(models, pipelines), (
-        "README.md's model-support table is stale: run `python -m tests.model_support`")
+        "docs/model-support.md's model-support table is stale: run `python -m tests.model_support`")

@@ -1,4 +1,5 @@
-"""The README's measured tables are what the checked-in results render, never typed by hand.
+"""The measured tables of the README and the docs are what the checked-in results render,
+never typed by hand.
 
 Each generated section is written by the command that measures it (named in the README above
 the table); this checks that the section still equals what that command's JSON renders, so a
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from benchmarks.readme import RESULTS, read_section
+from benchmarks.readme import RESULTS, ROOT, read_section, section_file
 
 
 def _composition(document: dict) -> str:
@@ -92,11 +93,13 @@ def test_readme_section_is_what_the_results_render(section: str) -> None:
     filename, render, command = SECTIONS[section]
     document = json.loads((RESULTS / filename).read_text())
     assert read_section(section) == render(document).strip(), (
-        f"README.md's {section} table is not what benchmarks/results/{filename} renders: run `{command}`")
+        f"{section_file(section).relative_to(ROOT)}'s {section} table is not what benchmarks/results/{filename} "
+        f"renders: run `{command}`")
 
 
 def test_readme_presets_table_is_what_the_presets_render() -> None:
     from benchmarks.presets_table import render
 
     assert read_section("presets") == render().strip(), (
-        "README.md's presets table is not what the shipped presets render: run `python -m benchmarks.presets_table`")
+        "docs/schedules.md's presets table is not what the shipped presets render: run "
+        "`python -m benchmarks.presets_table`")

@@ -202,3 +202,24 @@ def test_cache_dit_stacks_compiled_in_either_order(enable_first: bool) -> None:
     assert first_steps == second_steps == list(range(1, 13))
     assert state.stats["generations"] == 2
     assert state.stats["cache_refreshes"] + state.stats["cache_hits"] == 2 * reduced
+
+
+def test_a_cached_model_leaves_other_models_of_its_class_compiled_whole() -> None:
+    """A compiled frame of the transformer's code that breaks at a fenced block inside the block
+    loop makes Dynamo skip that code for every instance: a plain model of the same class would
+    then run its forward eagerly, in small graphs. With a cache, apply compiles the blocks."""
+    clock = {"t": 1000.0}
+    torch._dynamo.reset()
+    plain_pipe, inputs = _pipe()
+    plain = torch.compile(plain_pipe.transformer, backend="eager", dynamic=False)
+    with torch.no_grad():
+        plain(**inputs)
+    pipe, _ = _pipe()
+    pipe.transformer.enable_cache(_caches(clock)["TaylorSeer"]())
+    asymrnr_fx.apply(pipe, kv_ratio=0.5, inner="eager")
+    _generate(pipe, inputs, clock, "split", steps=4)
+    assert not asymrnr_fx.states_of(pipe)[0].config.is_identity
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        plain(**inputs)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # its one whole graph still serves

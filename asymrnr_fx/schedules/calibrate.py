@@ -94,8 +94,10 @@ def measure(
     priors: bool = True,
     probes: int = DEFAULT_PROBES,
     levels: Mapping[str, Sequence[float]] | None = None,
+    progress: bool = False,
 ) -> DamageTable:
-    """The damage table of ``model`` over ``runs`` (one or several batches of clips).
+    """The damage table of ``model`` over ``runs`` (one or several batches of clips);
+    ``progress`` shows a bar with the time left.
 
     ``runs`` are :class:`Trajectory` objects for ``"sensitivity"``; for ``"redundancy"``
     also plain ``sample(set_step)`` callables running a whole generation of ``steps`` steps.
@@ -116,7 +118,7 @@ def measure(
                 f"(start/step/finish), got {bad}; use method='redundancy' for a sampling callable")
         table = measure_sensitivity(model, runs, reduction, text_tokens=text_tokens,
                                     text_side=text_side, levels=levels or DEFAULT_LEVELS,
-                                    groups=step_groups, probes=probes)
+                                    groups=step_groups, probes=probes, progress=progress)
     else:
         if steps is None:
             steps = runs[0].num_steps if isinstance(runs[0], Trajectory) else None
@@ -124,7 +126,8 @@ def measure(
             raise ValueError("steps is required with method='redundancy' and a sampling callable")
         samples = [_as_sample(r) for r in runs]
         table = measure_redundancy(model, samples, reduction, steps=steps, text_tokens=text_tokens,
-                                   text_side=text_side, groups=step_groups, priors=priors, levels=levels)
+                                   text_side=text_side, groups=step_groups, priors=priors, levels=levels,
+                                   progress=progress)
     return replace(table, meta={**(table.meta or {}), "seconds": time.perf_counter() - start})
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "RatioResolver",
     "attention_flops_cut",
     "per_step_ratios",
+    "describe",
 ]
 
 # Matching settings when neither the config nor the schedule gives them (CogVideoX's
@@ -287,3 +288,15 @@ def per_step_ratios(config: Any, num_layers: int, num_steps: int) -> list[Ratios
         assert ratios is not None
         out.append(ratios)
     return out
+
+
+def describe(config: Any) -> str:
+    """The ratios and matching settings of ``config`` in one phrase, for logs."""
+    source = config.schedule_source
+    if config.layer_ratios is not None:
+        what = f"layer_ratios for {len(config.layer_ratios)} sites"
+    elif source is not None:
+        what = source.label + (f" ({source.preset.source})" if source.preset is not None else "")
+    else:
+        what = f"Q {config.q_ratio:g} and K/V {config.kv_ratio:g} at every site"
+    return f"{what}; stride {tuple(config.stride)}, matching every {config.cache_interval} step(s)"

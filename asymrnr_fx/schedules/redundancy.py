@@ -11,7 +11,7 @@ Priors (``priors=True``) weight that proxy with the paper's observations: Q dama
 ``Q_WEIGHT`` times K/V damage, shallow sites up to twice, early steps up to twice. On the
 shipped small model these priors point the wrong way (its Q is *less* sensitive than K/V)
 and redundancy schedules hold worse on held-out prompts than output-sensitivity ones (see the
-README's calibration results); prefer :mod:`asymrnr_fx.schedules.sensitivity` where the
+docs/schedules.md, calibration results); prefer :mod:`asymrnr_fx.schedules.sensitivity` where the
 sampler can replay steps.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..kernels.nearest import nearest_dst
 from .attention_calls import AttentionCalls, SiteCall, VideoSpan
@@ -83,11 +84,11 @@ def _prior(priors: bool, comp: str, layer: int, layers: int, step: int, steps: i
 
 
 def _record_runs(model: torch.nn.Module, samples: Sequence[Callable[[SetStep], Any]], span: VideoSpan,
-                 distances: _Distances) -> tuple[int, int]:
+                 distances: _Distances, progress: bool = False) -> tuple[int, int]:
     """Run every sampling callable once under observation; returns (sites per forward, text)."""
     calls = AttentionCalls(model, span, distances.record)
     try:
-        for sample in samples:
+        for sample in tqdm(samples, desc="calibrating: observed runs", unit="run", disable=not progress):
             with torch.no_grad(), calls:
                 sample(calls.set_step)
             calls.tracker.reset()
@@ -116,9 +117,11 @@ def measure_redundancy(
     groups: int | None = None,
     priors: bool = True,
     levels: Mapping[str, Sequence[float]] | None = None,
+    progress: bool = False,
 ) -> DamageTable:
     """Run each ``sample(set_step)`` (a whole generation of ``steps`` steps) once on the
-    baseline ``model`` and tabulate the redundancy proxy per unit and level.
+    baseline ``model`` and tabulate the redundancy proxy per unit and level (``progress``: a
+    bar over the runs).
 
     ``sample`` may call ``set_step(i)`` before step ``i``; otherwise steps are guessed from
     the model's ``timestep`` input (CFG as two calls counts once; without a ``timestep``
@@ -130,7 +133,7 @@ def measure_redundancy(
     measured = {c: distinct_levels(levels[c], reduction) for c in COMPONENTS}
     distances = _Distances(reduction, measured)
     num_layers, text = _record_runs(model, samples, VideoSpan(reduction.num_video, text_tokens, text_side),
-                                    distances)
+                                    distances, progress)
     seen = sorted({step for step, _, _ in distances.sums})
     if seen != list(range(steps)):
         raise ValueError(

@@ -25,10 +25,11 @@ errors are gathers of the full output). Memory: one step's forward with gradient
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from ..ops import match, reduced_sdpa
 from .attention_calls import AttentionCalls, SiteCall, VideoSpan
@@ -170,7 +171,7 @@ def _replay_step(trajectory: Trajectory, calls: AttentionCalls, index: int, late
 
 
 def _sweep(trajectory: Trajectory, calls: AttentionCalls, latents: list[torch.Tensor], sweep: _Sweep,
-           generator: torch.Generator) -> None:
+           generator: torch.Generator, tick: Callable[[int], None] = lambda n: None) -> None:
     """Backward through the whole chain, step by step (one step in memory), every probe at
     once: the step's forward and its attention errors are shared by the probes."""
     adjoints = _output_adjoints(trajectory, latents[-1], generator, sweep.probes)
@@ -179,6 +180,7 @@ def _sweep(trajectory: Trajectory, calls: AttentionCalls, latents: list[torch.Te
         with torch.no_grad():
             for call, out, grads in sites:
                 sweep.add(call, out, grads)
+        tick(1)
 
 
 @dataclass
@@ -194,18 +196,21 @@ class _Totals:
 
 
 def _measure_batch(model: torch.nn.Module, trajectory: Trajectory, span: VideoSpan, indices: _MatchIndices,
-                   group_of: list[int], generator: torch.Generator, probes: int, totals: _Totals) -> None:
-    """The plain run and every probe's sweep of one batch, added to ``totals``."""
+                   group_of: list[int], generator: torch.Generator, probes: int, totals: _Totals,
+                   tick: Callable[[int], None] = lambda n: None) -> None:
+    """The plain run and every probe's sweep of one batch, added to ``totals``; ``tick(n)``
+    says that ``n`` more steps (plain or backward) are done."""
     calls = AttentionCalls(model, span, lambda call, attend: None)
     try:
         start = time.perf_counter()
         latents = _plain_run(trajectory, calls, indices)
         totals.plain_seconds += time.perf_counter() - start
+        tick(trajectory.num_steps)
         totals.num_layers = _site_count(calls, totals.num_layers, indices.reduction)
         totals.text_tokens = int(calls.text_seen or 0)
         batch = latents[-1].shape[0]
         sweep = _Sweep(indices.reduction, indices, group_of, batch, totals.num_layers, probes)
-        _sweep(trajectory, calls, latents, sweep, generator)
+        _sweep(trajectory, calls, latents, sweep, generator, tick)
         squares = {c: sweep.sums[c].pow(2).sum((0, 1)) for c in COMPONENTS}
         totals.squares = squares if totals.squares is None else {
             c: totals.squares[c] + squares[c] for c in COMPONENTS}
@@ -226,8 +231,12 @@ def measure_sensitivity(
     groups: int | None = None,
     probes: int = DEFAULT_PROBES,
     probe_seed: int | None = None,
+    progress: bool = False,
 ) -> DamageTable:
     """Predicted output error of every unit and level, over every clip of ``trajectories``.
+
+    ``progress`` shows a bar over the steps of every batch (its plain run, then its backward
+    sweep), with the time left.
 
     ``groups`` merges refresh windows into that many step groups (None: one per window).
     ``probes`` random output directions per clip (each one more backward pass per step; the
@@ -246,12 +255,17 @@ def measure_sensitivity(
     span = VideoSpan(reduction.num_video, text_tokens, text_side)
     generator = torch.Generator().manual_seed(reduction.seed if probe_seed is None else probe_seed)
     totals = _Totals()
-    for trajectory in trajectories:
-        if trajectory.num_steps != num_steps:
-            raise ValueError(f"trajectories have {trajectory.num_steps} and {num_steps} steps: "
-                             "calibrate on runs of one step count")
-        _measure_batch(model, trajectory, span, _MatchIndices(reduction, measured), group_of,
-                       generator, probes, totals)
+    bar = tqdm(total=2 * num_steps * len(trajectories), unit="step", disable=not progress,
+               desc="calibrating")
+    with bar:
+        for i, trajectory in enumerate(trajectories):
+            if trajectory.num_steps != num_steps:
+                raise ValueError(f"trajectories have {trajectory.num_steps} and {num_steps} steps: "
+                                 "calibrate on runs of one step count")
+            bar.set_description(f"batch {i + 1}/{len(trajectories)}: plain run, then backward sweep "
+                                f"with {probes} probe(s)")
+            _measure_batch(model, trajectory, span, _MatchIndices(reduction, measured), group_of,
+                           generator, probes, totals, bar.update)
     damage = {c: totals.squares[c] / (totals.clips * probes * totals.numel) for c in COMPONENTS}
     meta = {"probes": probes, "output_elements_per_clip": totals.numel,
             "plain_run_seconds": totals.plain_seconds}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,8 @@ from ..defaults import DEFAULT_CACHE_INTERVAL
 from ..files import check_writable, write_text_atomic
 from .protocol import CALIBRATION, HELD_OUT
 
-__all__ = ["DEFAULT_PROMPTS", "demo_config", "demo_table", "add_arguments", "main", "run_method"]
+__all__ = ["DEFAULT_PROMPTS", "demo_config", "demo_table", "add_arguments", "main", "run_interleaved",
+           "timing_verdict", "warm_up"]
 
 DEFAULT_PROMPTS = CALIBRATION.prompts[:4]
 """The demo's prompts (seeds 0-3): the calibration set's, on which the demo schedule was probed."""
@@ -78,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
     parser.add_argument("--out", default="asymrnr_demo", help="output folder for the GIF and JSON")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="timed rounds, interleaved between the two settings; each clip's time is "
+                        "its median (default 3)")
     parser.add_argument("--inner", default="inductor", choices=("inductor", "eager"),
                         help="compiler for the baseline and behind AsymRnR (default inductor)")
 
@@ -111,38 +116,81 @@ def _describe(config: Any, num_layers: int, num_steps: int) -> str:
             f"metric={config.metric}, match_on={config.match_on}, merge={config.merge}")
 
 
-def run_method(
-    name: str,
-    compiled: Callable[..., Any],
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    steps: int,
-    geometry: tuple[int, int, int, int],
-    before_each: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Sample every prompt once with ``compiled``: a first (compiling) run, then timed runs.
-
-    Returns the clips ``(P, F, C, H, W)``, per-clip seconds and the first-run seconds.
-    """
-    from tqdm import tqdm
-
+def warm_up(name: str, compiled: Callable[..., Any], prompt: str, seed: int, steps: int,
+            geometry: tuple[int, int, int, int], before_each: Callable[[], None] | None = None) -> float:
+    """One first (compiling) generation; returns its seconds. It compiles every phase a
+    generation visits, so nothing compiles while timed."""
     from .sampling import generate
 
     if before_each is not None:
         before_each()
     start = time.perf_counter()
-    # Warm-up on the first prompt compiles every phase a generation visits.
-    generate(compiled, [prompts[0]], [seeds[0]], steps=steps, geometry=geometry,
-             progress=True, desc=f"{name}: compile + warm-up")
-    first = time.perf_counter() - start
-    clips, seconds = [], []
-    for prompt, seed in tqdm(list(zip(prompts, seeds, strict=True)), desc=f"{name}: sampling", unit="clip"):
-        if before_each is not None:
-            before_each()
-        start = time.perf_counter()
-        clips.append(generate(compiled, [prompt], [seed], steps=steps, geometry=geometry)[0])
-        seconds.append(time.perf_counter() - start)
-    return {"clips": torch.stack(clips), "seconds": seconds, "first_run_seconds": first}
+    generate(compiled, [prompt], [seed], steps=steps, geometry=geometry, progress=True,
+             desc=f"{name}: compile + warm-up")
+    return time.perf_counter() - start
+
+
+def run_interleaved(
+    methods: Sequence[tuple[str, Callable[..., Any], Callable[[], None] | None]],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    geometry: tuple[int, int, int, int],
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
+    """Time every method on every clip in ``rounds`` interleaved rounds (the methods' order
+    alternates from round to round), so load that drifts during the run lands on every method
+    alike. Per method: the clips ``(P, F, C, H, W)`` (the first round's; every round computes
+    the same), the median seconds per clip, and the seconds of every round per clip."""
+    from tqdm import tqdm
+
+    from .sampling import generate
+
+    per_round = {name: [[0.0] * len(prompts) for _ in range(rounds)] for name, _, _ in methods}
+    clips: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in methods}
+    with tqdm(total=rounds * len(prompts) * len(methods), desc="timing (interleaved)", unit="clip") as bar:
+        for r in range(rounds):
+            order = list(methods) if r % 2 == 0 else list(reversed(methods))
+            for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+                for name, compiled, before_each in order:
+                    if before_each is not None:
+                        before_each()
+                    start = time.perf_counter()
+                    clip = generate(compiled, [prompt], [seed], steps=steps, geometry=geometry)[0]
+                    per_round[name][r][i] = time.perf_counter() - start
+                    if r == 0:
+                        clips[name].append(clip)
+                    bar.update()
+    return {name: {"clips": torch.stack(clips[name]), "rounds": per_round[name],
+                   "seconds": [statistics.median(rs[i] for rs in per_round[name]) for i in range(len(prompts))]}
+            for name, _, _ in methods}
+
+
+def speedup_spread(baseline_rounds: Sequence[Sequence[float]], asymrnr_rounds: Sequence[Sequence[float]],
+                   idx: Sequence[int]) -> tuple[float, float]:
+    """The lowest and highest speedup of these clips over the rounds (each round's total)."""
+    ratios = [sum(b[i] for i in idx) / sum(a[i] for i in idx)
+              for b, a in zip(baseline_rounds, asymrnr_rounds, strict=True)]
+    return min(ratios), max(ratios)
+
+
+UNRELIABLE_SPREAD = 0.15
+"""A speedup whose rounds differ by more than this share of it is called unreliable."""
+
+
+def timing_verdict(result: dict[str, Any]) -> str:
+    """One plain sentence on whether the measured speedup can be trusted."""
+    idx = range(len(result["prompts"]))
+    low, high = speedup_spread(result["baseline_seconds_per_round"], result["asymrnr_seconds_per_round"], idx)
+    total = sum(result["baseline_seconds"]) / sum(result["asymrnr_seconds"])
+    rounds = len(result["baseline_seconds_per_round"])
+    if rounds < 2:
+        return f"speedup {total:.2f}x from one round: no spread to judge it by (use --rounds 3)"
+    if (high - low) / total > UNRELIABLE_SPREAD or (low < 1.0 < high):
+        return (f"speedup {total:.2f}x, but it ranged {low:.2f}x-{high:.2f}x over {rounds} rounds: the "
+                "machine's load changed while timing, so this number is unreliable; rerun on a quieter "
+                "machine or with more --rounds")
+    return f"speedup {total:.2f}x (median of {rounds} interleaved rounds, which ranged {low:.2f}x-{high:.2f}x)"
 
 
 def _check_prompts(args: argparse.Namespace) -> tuple[list[str], list[int], list[str]] | str:
@@ -176,7 +224,11 @@ def _summary_rows(result: dict[str, Any]) -> list[list[str]]:
         tb = sum(result["baseline_seconds"][i] for i in idx)
         ta = sum(result["asymrnr_seconds"][i] for i in idx)
         mean_p, worst = sum(p[i] for i in idx) / len(idx), min(p[i] for i in idx)
-        rows.append([f"all ({len(idx)} clips)", "", label, f"{tb:.2f}", f"{ta:.2f}", f"{tb / ta:.2f}x",
+        speedup = f"{tb / ta:.2f}x"
+        if len(result.get("baseline_seconds_per_round", ())) > 1:
+            low, high = speedup_spread(result["baseline_seconds_per_round"], result["asymrnr_seconds_per_round"], idx)
+            speedup += f" ({low:.2f}-{high:.2f})"
+        rows.append([f"all ({len(idx)} clips)", "", label, f"{tb:.2f}", f"{ta:.2f}", speedup,
                      f"{100 * result['attention_flops_saved']:.1f}%", f"{mean_p:.2f} (worst {worst:.2f})",
                      f"{sum(s[i] for i in idx) / len(idx):.4f}"])
     return rows
@@ -231,18 +283,23 @@ def main(args: argparse.Namespace) -> int:
     print(f"AsymRnR config: {_describe(config, num_layers, args.steps)}")
 
     torch._dynamo.reset()
-    base = run_method(args.inner, torch.compile(model, backend=args.inner), prompts, seeds,
-                      args.steps, geometry)
-    torch._dynamo.reset()
+    baseline = torch.compile(model, backend=args.inner)
     compiler = asymrnr_fx.backend(config, inner=args.inner)
-    asym = run_method("asymrnr", torch.compile(model, backend=compiler), prompts, seeds,
-                      args.steps, geometry, before_each=compiler.state.reset)
+    reduced = torch.compile(model, backend=compiler)
+    first = {args.inner: warm_up(args.inner, baseline, prompts[0], seeds[0], args.steps, geometry),
+             "asymrnr": warm_up("asymrnr", reduced, prompts[0], seeds[0], args.steps, geometry,
+                                compiler.state.reset)}
+    timed = run_interleaved([(args.inner, baseline, None), ("asymrnr", reduced, compiler.state.reset)],
+                            prompts, seeds, args.steps, geometry, args.rounds)
+    base = {**timed[args.inner], "first_run_seconds": first[args.inner]}
+    asym = {**timed["asymrnr"], "first_run_seconds": first["asymrnr"]}
     stats = dict(compiler.state.stats)
     p = psnr(asym["clips"], base["clips"]).tolist()
     s = ssim(asym["clips"], base["clips"]).tolist()
     result = {
         "prompts": prompts, "seeds": seeds, "sets": labels, "steps": args.steps, "config": repr(config),
         "baseline": args.inner, "baseline_seconds": base["seconds"], "asymrnr_seconds": asym["seconds"],
+        "baseline_seconds_per_round": base["rounds"], "asymrnr_seconds_per_round": asym["rounds"],
         "baseline_first_run_seconds": base["first_run_seconds"],
         "asymrnr_first_run_seconds": asym["first_run_seconds"],
         "attention_flops_saved": 1 - cost, "psnr_db": p, "ssim": s, "stats": stats,
@@ -250,13 +307,15 @@ def main(args: argparse.Namespace) -> int:
     }
     print()
     print(demo_table(result))
-    print(f"\nfirst run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
-          f"asymrnr {asym['first_run_seconds']:.1f} s; asymrnr stats: {stats}")
+    print(f"\n{timing_verdict(result)}")
+    print(f"first run (compile + warm-up): {args.inner} {base['first_run_seconds']:.1f} s, "
+          f"asymrnr {asym['first_run_seconds']:.1f} s\n{compiler.state.summary()}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_gif = [[b, a, ((a - b) * 4).clamp(-1, 1)] for b, a in zip(base["clips"], asym["clips"], strict=True)]
-    gif = save_gif(rows_gif, out / "demo.gif")
+    gif = save_gif(rows_gif, out / "demo.gif", columns=(args.inner, "asymrnr", "4x difference"),
+                   captions=[f"{prompt} (seed {seed}, {label})" for prompt, seed, label in zip(prompts, seeds, labels, strict=True)])
     write_text_atomic(out / "demo.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {gif} (columns: {args.inner} | asymrnr | 4x difference; one row per prompt) "
           f"and {out / 'demo.json'}")

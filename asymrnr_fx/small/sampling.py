@@ -195,6 +195,33 @@ def _grid(rows: Sequence[Sequence[torch.Tensor]], scale: int, gap: int) -> np.nd
     return out
 
 
+def _labelled(grid: np.ndarray, rows: int, columns: Sequence[str], captions: Sequence[str], gap: int) -> np.ndarray:
+    """The grid with a title above each column and a caption above each row, in black on white
+    (PIL's default font), drawn once and repeated on every frame."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    f, height, width, c = grid.shape
+    line = 14  # px per text line
+    row_h = (height + gap) // rows
+    head = line + 4 if columns else 0
+    cap = line if captions else 0
+    out_h = head + rows * (row_h + cap)
+    canvas = Image.new("RGB", (width, out_h), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    tile_w = (width + gap) // max(len(columns), 1)
+    for i, title in enumerate(columns):
+        draw.text((i * tile_w + 2, 2), title, fill="black", font=font)
+    for r, text in enumerate(captions):
+        draw.text((2, head + r * (row_h + cap)), text, fill="black", font=font)
+    text_layer = np.asarray(canvas)
+    out = np.repeat(text_layer[None], f, axis=0).copy()
+    for r in range(rows):
+        top = head + r * (row_h + cap) + cap
+        band = grid[:, r * row_h: min((r + 1) * row_h, height)]
+        out[:, top: top + band.shape[1]] = band
+    return out
+
+
 def save_gif(
     clips: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]],
     path: str | Path,
@@ -202,13 +229,17 @@ def save_gif(
     fps: int = 6,
     scale: int = 4,
     gap: int = 4,
+    columns: Sequence[str] = (),
+    captions: Sequence[str] = (),
 ) -> Path:
     """Write clips as one looping GIF: a flat list side by side, or a list of rows as a
-    grid; returns the path."""
+    grid; ``columns`` titles the columns and ``captions`` the rows (one each). Returns the path."""
     from PIL import Image
 
     rows = [clips] if isinstance(clips[0], torch.Tensor) else clips
     grid = _grid(rows, scale, gap)
+    if columns or captions:
+        grid = _labelled(grid, len(rows), columns, captions, gap)
     images = [Image.fromarray(frame) for frame in grid]
     path = Path(path)
     with atomic_path(path) as temporary:
