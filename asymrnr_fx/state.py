@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,7 +48,7 @@ from .ops import Partition, partition, site_partition
 from .schedules.ratios import RatioResolver
 from .steps import StepTracker
 
-__all__ = ["AsymRnRState", "CacheEntry", "IndexKey", "Fallback"]
+__all__ = ["AsymRnRState", "CacheEntry", "IndexKey", "Fallback", "stats_summary"]
 
 logger = logging.getLogger("asymrnr_fx")
 
@@ -79,6 +79,18 @@ class CacheEntry:
     window: int
     keep: torch.Tensor
     restore: torch.Tensor
+
+
+def stats_summary(stats: Mapping[str, int], fallbacks: int = 0) -> str:
+    """One line for people from a state's statistics (or several states' added up)."""
+    st = Counter(stats)
+    reduced = st["cache_refreshes"] + st["cache_hits"]
+    line = (f"asymrnr: {st['generations']} denoising loop(s), {st['forwards']} forward(s); {reduced} "
+            f"attention call(s) reduced ({st['cache_refreshes']} matched afresh, {st['cache_hits']} "
+            "reusing a cached match)")
+    if fallbacks:
+        line += f"; {fallbacks} graph(s) fell back (see the WARNING above)"
+    return line
 
 
 class AsymRnRState:
@@ -136,14 +148,7 @@ class AsymRnRState:
     def summary(self) -> str:
         """One line for people: the denoising loops and forwards seen, the attention calls
         reduced, and any fallback (the raw counts are in :attr:`stats`)."""
-        st = self.stats
-        reduced = st["cache_refreshes"] + st["cache_hits"]
-        line = (f"asymrnr: {st['generations']} denoising loop(s), {st['forwards']} forward(s); {reduced} "
-                f"attention call(s) reduced ({st['cache_refreshes']} matched afresh, {st['cache_hits']} "
-                "reusing a cached match)")
-        if self.fallbacks:
-            line += f"; {len(self.fallbacks)} graph(s) fell back (see the WARNING above)"
-        return line
+        return stats_summary(self.stats, len(self.fallbacks))
 
     def log_once(self, message: str, level: int = logging.INFO) -> None:
         """Log ``message`` once per application (a site left alone is said once, not per call)."""
