@@ -329,7 +329,7 @@ def _calibration_cost(table: Any, reused: bool = False) -> str:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .files import write_text_atomic
-    from .schedules.calibrate import fit, predicted_psnr
+    from .schedules.calibrate import fit, fit_to_psnr, predicted_psnr
     from .schedules.viz import format_schedule
 
     _check_calibrate_args(args)
@@ -339,14 +339,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.measurement:  # the expensive part is kept first, whatever happens next
         write_text_atomic(table_path, json.dumps(table.to_dict()) + "\n")
     name = (table.meta or {}).get("name") or "calibrated"
-    result = fit(table, args.target, name=f"{name}-cut{args.target:g}")
+    data_range = (table.meta or {}).get("data_range")
+    if args.target_psnr is not None:
+        if table.method != "sensitivity" or not data_range:
+            raise CLIError("--target-psnr needs a sensitivity measurement of a model whose output range is "
+                           "known (the small model: its clips lie in [-1, 1]); give --target (a FLOPs share) "
+                           "instead", 2)
+        result = _library_call(fit_to_psnr, table, args.target_psnr, data_range=data_range,
+                               name=f"{name}-psnr{args.target_psnr:g}")
+        args.target = result.stats["achieved_flops_cut"]
+    else:
+        result = fit(table, args.target, name=f"{name}-cut{args.target:g}")
     result.schedule.save(out)
     write_text_atomic(stats_path, json.dumps({**result.stats, "model": (table.meta or {}).get("model")},
                                              indent=1) + "\n")
     print(format_schedule(result.schedule))
-    line = (f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
-            f"(target {100 * args.target:.2f}%)")
-    data_range = (table.meta or {}).get("data_range")
+    line = f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
+    line += (f"(the most whose predicted PSNR stays >= {args.target_psnr:g} dB)" if args.target_psnr is not None
+             else f"(target {100 * args.target:.2f}%)")
     if "predicted_output_mse" in result.stats and data_range:
         line += (f"; predicted PSNR {predicted_psnr(result.stats['predicted_output_mse'], data_range):.1f} dB "
                  "on the calibration clips (first order; measured PSNR is usually 1-3 dB lower)")
@@ -445,8 +455,12 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
-    p.add_argument("--target", type=ratio, required=True,
-                   help="share of attention FLOPs to remove, e.g. 0.5")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", type=ratio, help="share of attention FLOPs to remove, e.g. 0.5")
+    target.add_argument("--target-psnr", type=float, metavar="DB",
+                        help="instead: remove the most attention FLOPs whose predicted output PSNR stays at "
+                        "or above DB on the calibration clips (sensitivity measurements only; the prediction "
+                        "is first order, measured PSNR is usually 1-3 dB lower)")
     p.add_argument("--steps", type=positive_int, help="denoising steps of the runs (required unless --measurement)")
     p.add_argument("--out", required=True,
                    help="schedule JSON to write (stats and the measurement go beside it)")

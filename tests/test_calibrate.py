@@ -240,3 +240,28 @@ def test_redundancy_counts_cfg_once_from_timesteps(tiny) -> None:
     table = measure(tiny.model, sample, _reduction(tiny), method="redundancy", steps=3,
                     text_side="before")
     assert table.num_steps == 3 and [list(g) for g in table.groups] == [[0, 1], [2]]
+
+
+def test_a_psnr_target_gives_the_largest_cut_that_meets_it(sensitivity: DamageTable) -> None:
+    from asymrnr_fx.schedules.calibrate import fit_to_psnr, predicted_psnr
+
+    full = predicted_psnr(fit(sensitivity, 0.6).stats["predicted_output_mse"])
+    light = predicted_psnr(fit(sensitivity, 0.1).stats["predicted_output_mse"])
+    target = (full + light) / 2  # between a light and a heavy cut
+    result = fit_to_psnr(sensitivity, target)
+    cut = result.stats["achieved_flops_cut"]
+    assert result.stats["predicted_psnr"] >= target and result.schedule.meta["target_psnr"] == target
+    # The largest: a little more cut falls below the target.
+    assert predicted_psnr(fit(sensitivity, cut + 0.02).stats["predicted_output_mse"]) < target
+    # Monotone: asking for more quality never cuts more.
+    assert fit_to_psnr(sensitivity, target + 3).stats["achieved_flops_cut"] <= cut
+    assert fit_to_psnr(sensitivity, 1e6).stats["achieved_flops_cut"] == 0.0  # unreachable: nothing cut
+
+
+def test_a_psnr_target_needs_a_sensitivity_measurement(redundancy: DamageTable, sensitivity: DamageTable) -> None:
+    from asymrnr_fx.schedules.calibrate import fit_to_psnr
+
+    with pytest.raises(ValueError, match="sensitivity measurement"):
+        fit_to_psnr(redundancy, 30)
+    with pytest.raises(ValueError, match="target_psnr=nan"):
+        fit_to_psnr(sensitivity, float("nan"))

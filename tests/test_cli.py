@@ -133,6 +133,24 @@ def test_calibrate_then_show(tmp_path, capsys) -> None:
     for comp in ("q", "kv"):  # a higher target never lowers a ratio
         assert all(a <= b for ra, rb in zip(getattr(sched, comp), getattr(higher, comp), strict=True)
                    for a, b in zip(ra, rb, strict=True))
+    # A quality target instead of a FLOPs share: the most cut whose predicted PSNR meets it. A
+    # random tiny model's output has no known range, so PSNR means nothing there: refused.
+    by_psnr = tmp_path / "psnr.json"
+    measurement = out.with_suffix(".measurement.json")
+    assert main(["calibrate", "--model", "tiny:cogvideox", "--target-psnr", "40", "--out", str(by_psnr),
+                 "--measurement", str(measurement)]) == 2
+    assert "output range is known" in _one_line_error(capsys)
+    ranged = json.loads(measurement.read_text())
+    ranged["meta"]["data_range"] = 2.0  # as the small model's measurement records it
+    measurement.write_text(json.dumps(ranged))
+    assert main(["calibrate", "--model", "tiny:cogvideox", "--target-psnr", "40", "--out", str(by_psnr),
+                 "--measurement", str(measurement)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted PSNR stays >= 40 dB" in printed and "none in this run" in printed
+    stats = json.loads(by_psnr.with_suffix(".stats.json").read_text())
+    assert stats["predicted_psnr"] >= 40 and Schedule.load(by_psnr).meta["target_psnr"] == 40
+    assert main(["calibrate", "--model", "small", "--target", "0.5", "--target-psnr", "33", "--out",
+                 str(by_psnr), "--steps", "4"]) == 2  # one target or the other
 
 
 def test_calibrate_small_model_prompts(tmp_path, capsys) -> None:

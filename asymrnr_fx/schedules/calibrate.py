@@ -45,6 +45,7 @@ __all__ = [
     "METHODS",
     "CalibrationResult",
     "calibrate",
+    "fit_to_psnr",
     "measure",
     "fit",
     "attention_flops_cut",
@@ -159,6 +160,45 @@ def fit(table: DamageTable, target_flops_cut: float, *, name: str | None = None)
     else:
         stats["damage_proxy"] = table.predicted_mse(schedule)
     return CalibrationResult(schedule, stats)
+
+
+def fit_to_psnr(table: DamageTable, target_psnr: float, *, data_range: float = 2.0,
+                name: str | None = None, tolerance: float = 1e-3) -> CalibrationResult:
+    """The schedule that removes the most attention FLOPs while the output PSNR the measurement
+    predicts stays at or above ``target_psnr`` dB (``data_range``: the output's value range).
+
+    Needs a ``"sensitivity"`` table, whose damage is the predicted output error (a redundancy
+    proxy predicts no PSNR). The allocation is monotone in its target (a higher target never
+    lowers a ratio), so the FLOPs share is found by bisection to ``tolerance``. The prediction
+    is first order: measured PSNR is usually 1-3 dB lower, so aim that much higher.
+    """
+    if table.method != "sensitivity":
+        raise ValueError(f"a PSNR target needs a sensitivity measurement (this one is {table.method!r}, a "
+                         "proxy that predicts no PSNR): measure with method='sensitivity', or give a FLOPs target")
+    if isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float)) or not math.isfinite(target_psnr):
+        raise ValueError(f"target_psnr={target_psnr!r} is invalid: a finite number of dB, e.g. 33")
+
+    def meets(cut: float) -> tuple[bool, CalibrationResult | None]:
+        try:
+            result = fit(table, cut, name=name)
+        except ValueError:  # beyond what the measured levels can remove
+            return False, None
+        return predicted_psnr(result.stats["predicted_output_mse"], data_range) >= target_psnr, result
+
+    ok, best = meets(0.0)
+    lo, hi = 0.0, 0.99
+    if ok:
+        while hi - lo > tolerance:
+            mid = (lo + hi) / 2
+            ok_mid, result = meets(mid)
+            if ok_mid:
+                lo, best = mid, result
+            else:
+                hi = mid
+    psnr = predicted_psnr(best.stats["predicted_output_mse"], data_range)
+    stats = {**best.stats, "target_psnr": float(target_psnr), "predicted_psnr": psnr, "data_range": data_range}
+    meta = {**best.schedule.meta, "target_psnr": float(target_psnr)}
+    return CalibrationResult(replace(best.schedule, meta=meta), stats)
 
 
 def calibrate(
