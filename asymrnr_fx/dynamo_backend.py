@@ -262,6 +262,7 @@ def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fiel
 
 
 asymrnr_backend = AsymRnRBackend()
-"""The registered ``"asymrnr"`` backend: the default :class:`AsymRnRConfig`. Everything
+"""The registered ``"asymrnr"`` backend: the authors' calibrated table where its graphs show
+CogVideoX, HunyuanVideo or Mochi blocks, else the default :class:`AsymRnRConfig`. Everything
 compiled with the bare name is one application; give two models their own
 :func:`backend` (or use :func:`asymrnr_fx.apply`) to keep their steps and indices apart."""

@@ -182,24 +182,15 @@ def set_timing(result: dict[str, Any], idx: Sequence[int]) -> tuple[float, float
     return statistics.median(totals_b), statistics.median(totals_a), statistics.median(ratios), (min(ratios), max(ratios))
 
 
-def speedup_spread(baseline_rounds: Sequence[Sequence[float]], asymrnr_rounds: Sequence[Sequence[float]],
-                   idx: Sequence[int]) -> tuple[float, float]:
-    """The lowest and highest speedup of these clips over the rounds (each round's total)."""
-    ratios = [sum(b[i] for i in idx) / sum(a[i] for i in idx)
-              for b, a in zip(baseline_rounds, asymrnr_rounds, strict=True)]
-    return min(ratios), max(ratios)
-
-
 UNRELIABLE_SPREAD = 0.15
 """A speedup whose rounds differ by more than this share of it is called unreliable."""
 
 
 def timing_verdict(result: dict[str, Any]) -> str:
     """One plain sentence on whether the measured speedup can be trusted."""
-    idx = range(len(result["prompts"]))
-    low, high = speedup_spread(result["baseline_seconds_per_round"], result["asymrnr_seconds_per_round"], idx)
-    total = set_timing(result, idx)[2]
+    _, _, total, spread = set_timing(result, range(len(result["prompts"])))
     rounds = len(result["baseline_seconds_per_round"])
+    low, high = spread
     if rounds < 2:
         return f"speedup {total:.2f}x from one round: no spread to judge it by (use --rounds 3)"
     if (high - low) / total > UNRELIABLE_SPREAD or (low < 1.0 < high):
