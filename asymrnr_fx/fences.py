@@ -44,8 +44,10 @@ CACHE_HOOKS = frozenset({
     "pyramid_attention_broadcast",  # PAB
     "faster_cache_denoiser", "faster_cache_block",  # FasterCache
     "mag_cache_leader_block_hook", "mag_cache_block_hook",  # MagCache
+    "asymrnr_block_reuse",  # a schedule's block reuse (asymrnr_fx.block_reuse)
 })
-"""Names under which diffusers registers its step-cache hooks (``diffusers.hooks``)."""
+"""Names under which diffusers registers its step-cache hooks (``diffusers.hooks``), and the
+block-reuse hook of a schedule that reuses blocks."""
 
 
 def cache_hooks_of(module: torch.nn.Module) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from . import block_reuse
 from .config import RATIO_FIELDS, AsymRnRConfig
 from .context_parallel import enable_context_parallel
 from .dynamo_backend import AsymRnRBackend
@@ -255,6 +256,11 @@ def apply(
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
+    reused = config.schedule_source.schedule if config.schedule_source is not None else None
+    reused = reused if reused is not None and reused.reuse is not None else None
+    for transformer in transformers:
+        if reused is not None:  # before anything changes: the table must fit every transformer
+            block_reuse.check(transformer, reused.num_blocks)
     for transformer in transformers:
         _parallelize(transformer, parallel)
     states = []
@@ -270,6 +276,8 @@ def apply(
                 ", ".join(blind[:3]) + (" ..." if len(blind) > 3 else ""))
         compiler = AsymRnRBackend(config_here or config, inner)
         compiler.state.hooked = True
+        if reused is not None:  # the blocks' decisions run eagerly around compiled blocks (fences)
+            block_reuse.install(transformer, compiler.state, reused.num_blocks)
         compile_kwargs: dict[str, Any] = {"backend": compiler, "dynamic": False}
         if mode is not None:
             compile_kwargs["mode"] = mode
@@ -345,6 +353,7 @@ def remove(pipe: Any) -> Any:
         hook = _hook(transformer)
         if hook is not None and hook.fence is not None:
             hook.fence.remove()
+        block_reuse.uninstall(transformer)
         transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
         if applied["regional"] or (hook is not None and hook.fence is not None and hook.fence.went_regional):
             for module in _compiled_modules(transformer):

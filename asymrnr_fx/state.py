@@ -134,6 +134,9 @@ class AsymRnRState:
         self.tracker = StepTracker()
         self.tracker.num_steps = self.config.num_steps
         self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
+        # Residuals of the blocks a schedule reuses (asymrnr_fx.block_reuse), per block, branch
+        # and input shapes: they never outlive their generation.
+        self.block_residuals: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
         # Sites run in this generation, how many calls reduced any, and the steps it ran.
@@ -194,11 +197,15 @@ class AsymRnRState:
             self._warn_if_nothing_reduced()
             self.stats["generations"] = self.tracker.generations
             self.cache.clear()
+            self.block_residuals.clear()
             self._generation_sites = self._generation_reduced = self._generation_steps = 0
 
     def _warn_if_nothing_reduced(self) -> None:
         if not self._generation_sites or self._generation_reduced or self.ratios.uniform:
             return
+        reuse = self.reuse_schedule
+        if reuse is not None and all(v == 0.0 for t in (reuse.q, reuse.kv) for row in t for v in row):
+            return  # a schedule that only reuses blocks cuts no tokens by design
         source = self.ratios.source
         label = source.label if source is not None else "layer_ratios"
         self.log_once(
@@ -211,6 +218,29 @@ class AsymRnRState:
     def set_branch(self, name: str | None) -> None:
         """The pipeline names the forwards to come (diffusers' ``cache_context``)."""
         self.tracker.branch_name = name
+
+    # -- block reuse ----------------------------------------------------------------------
+    @property
+    def reuse_schedule(self) -> Any:  # Schedule | None
+        """The schedule whose ``reuse`` table the block hooks follow (None: no reuse)."""
+        source = self.config.schedule_source
+        schedule = None if source is None else source.schedule
+        return schedule if schedule is not None and schedule.reuse is not None else None
+
+    def reuse_now(self, block: int) -> bool:
+        """Whether ``block`` reuses its residual at the running step (the schedule's reuse table,
+        mapped to the generation's step count as ratios are)."""
+        schedule = self.reuse_schedule
+        step, num_steps = self.step, self.num_steps
+        if schedule is None or step < 0 or (num_steps is None and step >= schedule.num_steps) \
+                or (num_steps is not None and step >= num_steps):
+            return False
+        return schedule.reuse_at(step, num_steps)[block]
+
+    def reuses_later(self, block: int) -> bool:
+        """Whether the schedule reuses ``block`` at any step (its residual is then kept)."""
+        schedule = self.reuse_schedule
+        return schedule is not None and any(row[block] for row in schedule.reuse)
 
     # -- forwards -------------------------------------------------------------------------
     def begin_forward(self, timestep: torch.Tensor | None = None) -> None:

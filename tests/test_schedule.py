@@ -117,7 +117,7 @@ def test_from_tiers_reads_the_reference_orientation_and_rules() -> None:
 
 
 BAD_DICTS = [
-    ({"schema_version": 2}, "schema_version=2"),
+    ({"schema_version": 3}, "schema_version=3"),
     ({"schema_version": None}, "schema_version"),
     ({"num_layers": None}, "missing key 'num_layers'"),
     ({"q": None}, "missing key 'q'"),

@@ -297,6 +297,8 @@ def describe(config: Any) -> str:
         what = f"layer_ratios for {len(config.layer_ratios)} sites"
     elif source is not None:
         what = source.label + (f" ({source.preset.source})" if source.preset is not None else "")
+        if source.schedule is not None and source.schedule.reuse is not None:
+            what += f", reusing {source.schedule.reused_share():.0%} of block steps"
     else:
         what = f"Q {config.q_ratio:g} and K/V {config.kv_ratio:g} at every site"
     return f"{what}; stride {tuple(config.stride)}, matching every {config.cache_interval} step(s)"

@@ -6,15 +6,24 @@ site and step. "Layer" is the index of the attention site: the order in which th
 transformer first run in a forward (one per self-attention call, so a dual-stream block counts
 once per SDPA call); a site keeps its index when a step cache skips other blocks.
 
-Schedules are immutable and hashable (usable as keys), and they round-trip through JSON (``schema_version`` 1)::
+A schedule may also carry *block reuse* decisions (``reuse``, ``[step][block]`` of 0/1): at a
+step marked 1 the transformer block (its repeated blocks, in forward order) is not run; it adds
+the residual (output minus input) it computed at its last computed step of the generation
+instead (:mod:`asymrnr_fx.block_reuse`, run by :func:`asymrnr_fx.apply`). Calibration chooses
+them with the token cuts (:mod:`asymrnr_fx.schedules.joint`).
+
+Schedules are immutable and hashable (usable as keys), and they round-trip through JSON::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,           # 1 when there is no "reuse" (what older versions read)
       "num_layers": 30, "num_steps": 50,
       "q":  [[0.0, ...], ...],      # num_steps rows of num_layers ratios
       "kv": [[0.0, ...], ...],
+      "reuse": [[0, 1, ...], ...],  # optional: num_steps rows of one 0/1 per block
       "name": "optional label", "meta": {"optional": "JSON object"}
     }
+
+Files of ``schema_version`` 1 (no ``reuse``) load unchanged.
 
 Step mapping: a generation with ``N`` steps may use a schedule written for ``S`` steps.
 Generation step ``s`` (``0 <= s < N``) reads schedule step ``floor(s * S / N)``: the
@@ -39,7 +48,8 @@ __all__ = [
     "map_step",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest format this version reads and writes (1, without ``reuse``, still loads)."""
 COMPONENTS = ("q", "kv")
 
 Ratios = tuple[tuple[float, float], ...]
@@ -91,6 +101,30 @@ def _table(comp: str, rows: Any, num_layers: int, num_steps: int) -> tuple[tuple
     return tuple(out)
 
 
+def _reuse_table(rows: Any, num_steps: int) -> tuple[tuple[bool, ...], ...] | None:
+    """Validate the block-reuse table (None: no reuse) and freeze it as tuples of bools."""
+    if rows is None:
+        return None
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise _fail(f"reuse must be a list of {num_steps} rows of 0/1 per block, got {rows!r}")
+    rows = [list(row) if isinstance(row, Iterable) and not isinstance(row, (str, bytes)) else row
+            for row in rows]
+    if len(rows) != num_steps:
+        raise _fail(f"reuse has {len(rows)} rows but num_steps={num_steps}: give one row per step")
+    if any(not isinstance(row, list) for row in rows) or not rows[0] or len({len(r) for r in rows}) != 1:
+        raise _fail("reuse must hold rows of equal length, one 0/1 per transformer block")
+    out = []
+    for s, row in enumerate(rows):
+        for b, v in enumerate(row):
+            if v not in (0, 1) or isinstance(v, float):
+                raise _fail(f"reuse[{s}][{b}]={v!r} is invalid: 1 (reuse the block's residual) or 0 (compute)")
+        out.append(tuple(bool(v) for v in row))
+    if any(out[0]):
+        raise _fail("reuse[0] marks a block reused at the first step, where nothing is cached yet: "
+                    "set every reuse[0][b] to 0")
+    return tuple(out)
+
+
 def map_step(step: int, num_steps: int, schedule_steps: int) -> int:
     """Schedule step read at generation ``step`` of ``num_steps``: ``floor(step*S/N)``.
 
@@ -109,9 +143,10 @@ def map_step(step: int, num_steps: int, schedule_steps: int) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Ratios per (step, layer, component); see the module docstring for the format.
+    """Ratios per (step, layer, component), and optionally block reuse per (step, block); see
+    the module docstring for the format.
 
-    Equality and hashing use only ``num_layers``, ``num_steps``, ``q`` and ``kv``;
+    Equality and hashing use ``num_layers``, ``num_steps``, ``q``, ``kv`` and ``reuse``;
     ``name`` and ``meta`` are labels.
     """
 
@@ -121,12 +156,14 @@ class Schedule:
     kv: tuple[tuple[float, ...], ...]
     name: str | None = field(default=None, compare=False)
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    reuse: tuple[tuple[bool, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_count("num_layers", self.num_layers)
         _check_count("num_steps", self.num_steps)
         object.__setattr__(self, "q", _table("q", self.q, self.num_layers, self.num_steps))
         object.__setattr__(self, "kv", _table("kv", self.kv, self.num_layers, self.num_steps))
+        object.__setattr__(self, "reuse", _reuse_table(self.reuse, self.num_steps))
         if self.name is not None and not isinstance(self.name, str):
             raise _fail(f"name={self.name!r} is invalid: a string or None")
         if not isinstance(self.meta, Mapping):
@@ -280,7 +317,9 @@ class Schedule:
         q = [[self.q[r][c] for c in cols] for r in rows]
         kv = [[self.kv[r][c] for c in cols] for r in rows]
         meta = {**self.meta, "mapped_from": [self.num_layers, self.num_steps]}
-        return Schedule(layers, steps, q, kv, name=self.name, meta=meta)
+        reuse = None if self.reuse is None else [self.reuse[r] if s else [False] * self.num_blocks
+                                                 for s, r in enumerate(rows)]
+        return Schedule(layers, steps, q, kv, name=self.name, meta=meta, reuse=reuse)
 
     # ---------------------------------------------------------------------- queries
     def step_index(self, step: int, num_steps: int | None = None) -> int:
@@ -296,6 +335,24 @@ class Schedule:
         s = self.step_index(step, num_steps)
         return tuple(zip(self.q[s], self.kv[s], strict=True))
 
+    @property
+    def num_blocks(self) -> int:
+        """Transformer blocks the reuse table addresses (0 without one)."""
+        return 0 if self.reuse is None else len(self.reuse[0])
+
+    def reuse_at(self, step: int, num_steps: int | None = None) -> tuple[bool, ...]:
+        """Per block, whether it reuses its residual at generation ``step`` (mapped as
+        :meth:`ratios_at`; the first step never reuses); ``()`` without a reuse table."""
+        if self.reuse is None:
+            return ()
+        return self.reuse[self.step_index(step, num_steps)] if step else (False,) * self.num_blocks
+
+    def reused_share(self) -> float:
+        """Share of (step, block) cells that reuse (0.0 without a reuse table)."""
+        if self.reuse is None:
+            return 0.0
+        return sum(map(sum, self.reuse)) / (self.num_steps * self.num_blocks)
+
     def distinct_phases(self) -> tuple[Ratios, ...]:
         """The distinct per-step ratio vectors (*phases*), in order of first use.
 
@@ -310,8 +367,9 @@ class Schedule:
 
     @property
     def is_identity(self) -> bool:
-        """True when every ratio is 0 (nothing is reduced anywhere)."""
-        return all(v == 0.0 for table in (self.q, self.kv) for row in table for v in row)
+        """True when every ratio is 0 and no block is reused (nothing is saved anywhere)."""
+        return (all(v == 0.0 for table in (self.q, self.kv) for row in table for v in row)
+                and not self.reused_share())
 
     def coverage(self) -> dict[str, dict[str, float]]:
         """Per component: share of (layer, step) cells reduced, mean and max ratio."""
@@ -330,14 +388,17 @@ class Schedule:
 
     # ------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``schema_version`` 1)."""
+        """A JSON-ready dict: ``schema_version`` 2 with a reuse table, else 1 (which older
+        versions of this package read too)."""
         d: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION if self.reuse is not None else 1,
             "num_layers": self.num_layers,
             "num_steps": self.num_steps,
             "q": [list(row) for row in self.q],
             "kv": [list(row) for row in self.kv],
         }
+        if self.reuse is not None:
+            d["reuse"] = [[int(v) for v in row] for row in self.reuse]
         if self.name is not None:
             d["name"] = self.name
         if self.meta:
@@ -352,13 +413,15 @@ class Schedule:
         version = data.get("schema_version")
         if "schema_version" not in data:
             raise _fail(f"missing key 'schema_version' (expected {SCHEMA_VERSION})")
-        if isinstance(version, bool) or version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in (1, SCHEMA_VERSION):
             raise _fail(
-                f"schema_version={version!r} is not supported: this version reads {SCHEMA_VERSION}"
+                f"schema_version={version!r} is not supported: this version reads 1 and {SCHEMA_VERSION}"
             )
         required = ("num_layers", "num_steps", "q", "kv")
-        allowed = {"schema_version", "name", "meta", *required}
+        allowed = {"schema_version", "name", "meta", *required} | ({"reuse"} if version >= 2 else set())
         unknown = sorted(set(data) - allowed)
+        if "reuse" in unknown:
+            raise _fail("key 'reuse' needs schema_version 2 (this file says 1): set \"schema_version\": 2")
         if unknown:
             raise _fail(
                 f"unknown key(s) {unknown} in schedule: components are 'q' and 'kv'; "
@@ -369,7 +432,7 @@ class Schedule:
                 raise _fail(f"missing key {key!r} in schedule")
         return cls(
             data["num_layers"], data["num_steps"], data["q"], data["kv"],
-            name=data.get("name"), meta=data.get("meta") or {},
+            name=data.get("name"), meta=data.get("meta") or {}, reuse=data.get("reuse"),
         )
 
     def to_json(self) -> str:
@@ -379,7 +442,7 @@ class Schedule:
         items = list(d.items())
         for k, (key, value) in enumerate(items):
             comma = "," if k < len(items) - 1 else ""
-            if key in COMPONENTS:
+            if key in (*COMPONENTS, "reuse"):
                 rows = ",\n".join("    " + json.dumps(row) for row in value)
                 lines.append(f'  "{key}": [\n{rows}\n  ]{comma}')
             else:

@@ -1,0 +1,176 @@
+"""Block reuse (a schedule's ``reuse`` table) under ``apply``: the compiled run equals an
+independent eager reference of reuse, with CFG batched and split; nothing recompiles from one
+step or generation to the next; bad tables are refused before anything changes."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+import asymrnr_fx
+from asymrnr_fx.block_reuse import reuse_blocks
+from asymrnr_fx.schedules.schedule import Schedule
+from asymrnr_fx.tiny_models import build_tiny
+
+STEPS = 8
+
+
+def _pipe() -> tuple[SimpleNamespace, dict]:
+    tiny = build_tiny("wan", batch=1)
+    return SimpleNamespace(transformer=tiny.model, scheduler=FlowMatchEulerDiscreteScheduler()), tiny.inputs
+
+
+def _generate(pipe: SimpleNamespace, inputs: dict, cfg: str, on_step=lambda i: None,  # noqa: ANN001
+              on_branch=lambda b: None) -> torch.Tensor:  # noqa: ANN001
+    pipe.scheduler.set_timesteps(STEPS)
+    latents = inputs["hidden_states"]
+    with torch.no_grad():
+        for i, t in enumerate(pipe.scheduler.timesteps):
+            on_step(i)
+            if cfg == "batched":
+                on_branch("cond_uncond")
+                with pipe.transformer.cache_context("cond_uncond"):
+                    both = pipe.transformer(**{**inputs, "hidden_states": torch.cat([latents] * 2),
+                                               "encoder_hidden_states": torch.cat([inputs["encoder_hidden_states"]] * 2),
+                                               "timestep": t.expand(2)})[0]
+                cond, uncond = both.chunk(2)
+            else:
+                outs = []
+                for branch in ("cond", "uncond"):
+                    on_branch(branch)
+                    with pipe.transformer.cache_context(branch):
+                        outs.append(pipe.transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(1)})[0])
+                cond, uncond = outs
+            latents = pipe.scheduler.step(uncond + 2.0 * (cond - uncond), t, latents).prev_sample
+    return latents
+
+
+def _reuse_table(num_blocks: int) -> list[list[int]]:
+    # Block b is reused at the steps s with (s + b) % 3 != 0, from step 1 on.
+    return [[0] * num_blocks] + [[int((s + b) % 3 != 0) for b in range(num_blocks)] for s in range(1, STEPS)]
+
+
+def _reference(pipe: SimpleNamespace, inputs: dict, cfg: str, table: list[list[int]]) -> torch.Tensor:
+    """Reuse written out by hand on the eager model: a reused block returns its input plus the
+    residual of its last computed step in the same branch (Wan's blocks return hidden states)."""
+    where = {"step": 0, "branch": None}
+    residuals: dict[tuple[int, str], torch.Tensor] = {}
+    for b, block in enumerate(reuse_blocks(pipe.transformer)):
+        original = block.forward
+
+        def forward(hidden_states, *args, _b=b, _original=original, **kwargs):  # noqa: ANN001, ANN202
+            key = (_b, where["branch"])
+            if table[where["step"]][_b] and key in residuals:
+                return hidden_states + residuals[key]
+            out = _original(hidden_states, *args, **kwargs)
+            residuals[key] = out - hidden_states
+            return out
+
+        block.forward = forward
+    return _generate(pipe, inputs, cfg, on_step=lambda i: where.update(step=i),
+                     on_branch=lambda name: where.update(branch=name))
+
+
+@pytest.mark.parametrize("cfg", ["batched", "split"])
+def test_compiled_reuse_is_the_reference_and_recompiles_nothing(cfg: str) -> None:
+    pipe, inputs = _pipe()
+    blocks = len(reuse_blocks(pipe.transformer))
+    table = _reuse_table(blocks)
+    expected = _reference(pipe, inputs, cfg, table)
+    plain = _generate(_pipe()[0], inputs, cfg)
+    assert float((expected - plain).abs().max()) > 1e-3  # reuse changes the output: the test can fail
+
+    pipe, _ = _pipe()
+    torch._dynamo.reset()
+    layers = blocks  # tiny Wan: one video self-attention site per block
+    schedule = Schedule(layers, STEPS, [[0.0] * layers] * STEPS, [[0.0] * layers] * STEPS, reuse=table)
+    asymrnr_fx.apply(pipe, schedule=schedule)
+    (state,) = asymrnr_fx.states_of(pipe)
+    first = _generate(pipe, inputs, cfg)
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-5)
+    forwards = STEPS * (1 if cfg == "batched" else 2)
+    reused = sum(map(sum, table)) * forwards // STEPS
+    assert state.stats["blocks_reused"] == reused
+    assert state.stats["blocks_computed"] == blocks * forwards - reused
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = _generate(pipe, inputs, cfg)  # residuals of the first generation are not reused
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    asymrnr_fx.remove(pipe)
+    assert all(b._diffusers_hook.get_hook("asymrnr_block_reuse") is None for b in reuse_blocks(pipe.transformer))
+
+
+def test_reuse_with_token_cuts_compiles_once_and_reduces() -> None:
+    pipe, inputs = _pipe()
+    blocks = len(reuse_blocks(pipe.transformer))
+    schedule = Schedule(blocks, STEPS, [[0.0] * blocks] * STEPS, [[0.5] * blocks] * STEPS,
+                        reuse=_reuse_table(blocks))
+    torch._dynamo.reset()
+    asymrnr_fx.apply(pipe, schedule=schedule, cache_interval=2, inner="eager")
+    (state,) = asymrnr_fx.states_of(pipe)
+    _generate(pipe, inputs, "split")
+    assert state.stats["cache_refreshes"] + state.stats["cache_hits"] > 0
+    assert state.stats["blocks_reused"] > 0
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _generate(pipe, inputs, "split")
+
+
+def test_a_reuse_table_that_does_not_fit_is_refused_before_anything_changes() -> None:
+    pipe, _ = _pipe()
+    blocks = len(reuse_blocks(pipe.transformer))
+    wrong = Schedule(blocks, STEPS, [[0.0] * blocks] * STEPS, [[0.0] * blocks] * STEPS,
+                     reuse=_reuse_table(blocks + 1))
+    with pytest.raises(ValueError, match=f"reuse table has {blocks + 1} blocks but WanTransformer3DModel has {blocks}"):
+        asymrnr_fx.apply(pipe, schedule=wrong)
+    assert getattr(pipe.transformer, "_diffusers_hook", None) is None
+    with pytest.raises(ValueError, match="asymrnr_fx.apply"):
+        asymrnr_fx.backend(schedule=wrong)
+
+
+def test_reuse_and_another_step_cache_are_refused_together() -> None:
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    pipe, _ = _pipe()
+    blocks = len(reuse_blocks(pipe.transformer))
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    schedule = Schedule(blocks, STEPS, [[0.0] * blocks] * STEPS, [[0.0] * blocks] * STEPS,
+                        reuse=_reuse_table(blocks))
+    with pytest.raises(ValueError, match="already runs a step cache"):
+        asymrnr_fx.apply(pipe, schedule=schedule)
+
+
+def test_schema_2_round_trips_and_schema_1_still_loads(tmp_path) -> None:  # noqa: ANN001
+    table = _reuse_table(3)
+    schedule = Schedule(2, STEPS, [[0.1, 0.0]] * STEPS, [[0.3, 0.3]] * STEPS, reuse=table)
+    path = tmp_path / "s.json"
+    schedule.save(path)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 2 and data["reuse"] == table
+    assert Schedule.load(path) == schedule
+    assert Schedule.load(path) != Schedule(2, STEPS, schedule.q, schedule.kv)  # reuse is part of equality
+    plain = Schedule(2, STEPS, schedule.q, schedule.kv)
+    assert plain.to_dict()["schema_version"] == 1  # older readers still read token-only files
+    assert Schedule.from_dict(plain.to_dict()) == plain
+    assert schedule.reuse_at(0) == (False,) * 3 and schedule.reuse_at(1) == tuple(bool(v) for v in table[1])
+    assert schedule.mapped(num_steps=4).reuse_at(0) == (False,) * 3
+
+
+@pytest.mark.parametrize(("reuse", "message"), [
+    ([[1, 0]] + [[0, 0]] * (STEPS - 1), "reuse\\[0\\] marks a block reused at the first step"),
+    ([[0, 0]] * (STEPS - 1), "reuse has 7 rows but num_steps=8"),
+    ([[0, 0]] + [[0, 2]] * (STEPS - 1), "reuse\\[1\\]\\[1\\]=2 is invalid"),
+    ([[0, 0]] + [[0]] * (STEPS - 1), "rows of equal length"),
+])
+def test_bad_reuse_tables_name_the_cell(reuse: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Schedule(1, STEPS, [[0.0]] * STEPS, [[0.0]] * STEPS, reuse=reuse)
+
+
+def test_reuse_in_a_schema_1_file_says_which_version_it_needs() -> None:
+    data = Schedule(1, 2, [[0.0]] * 2, [[0.0]] * 2, reuse=[[0], [1]]).to_dict()
+    data["schema_version"] = 1
+    with pytest.raises(ValueError, match="needs schema_version 2"):
+        Schedule.from_dict(data)
