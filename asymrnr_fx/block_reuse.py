@@ -27,7 +27,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .fences import cache_hooks_of
 
-__all__ = ["HOOK_NAME", "BlockReuseHook", "reuse_blocks", "check", "install", "uninstall"]
+__all__ = ["HOOK_NAME", "BlockReuseHook", "reuse_blocks", "block_metadata", "block_inputs", "block_outputs",
+           "residuals", "check", "install", "uninstall"]
 
 HOOK_NAME = "asymrnr_block_reuse"
 
@@ -56,7 +57,8 @@ def reuse_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def _metadata(block: torch.nn.Module) -> Any:
+def block_metadata(block: torch.nn.Module) -> Any:
+    """diffusers' TransformerBlockRegistry entry of the block's class (which output follows which input)."""
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
     return TransformerBlockRegistry.get(type(block))
@@ -74,42 +76,54 @@ class BlockReuseHook(ModelHook):
         self.metadata = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.metadata = _metadata(module)
+        self.metadata = block_metadata(module)
         return module
 
-    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        meta = self.metadata
-        hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
-        encoder = None
-        if meta.return_encoder_hidden_states_index is not None:
-            encoder = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
-        return hidden, encoder
-
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state, meta = self.state, self.metadata
-        hidden, encoder = self._inputs(args, kwargs)
-        key = (self.index, state.tracker.branch_name, tuple(hidden.shape),
-               None if encoder is None else tuple(encoder.shape))
+        state = self.state
+        inputs = block_inputs(self.metadata, args, kwargs)
+        key = (self.index, state.tracker.branch_name, *(tuple(x.shape) for x in inputs))
         cached = state.block_residuals.get(key)
         if cached is not None and state.reuse_now(self.index):
             state.stats["blocks_reused"] += 1
-            if encoder is None:
-                return hidden + cached[0]
-            out = [None, None]
-            out[meta.return_hidden_states_index] = hidden + cached[0]
-            out[meta.return_encoder_hidden_states_index] = encoder + cached[1]
-            return tuple(out)
+            return block_output(self.metadata, [x + r for x, r in zip(inputs, cached, strict=True)])
         output = self.fn_ref.original_forward(*args, **kwargs)
         state.stats["blocks_computed"] += 1
         if state.reuses_later(self.index):
-            if isinstance(output, tuple):
-                residual = (output[meta.return_hidden_states_index] - hidden,
-                            output[meta.return_encoder_hidden_states_index] - encoder
-                            if encoder is not None else None)
-            else:
-                residual = (output - hidden, None)
-            state.block_residuals[key] = residual
+            state.block_residuals[key] = residuals(self.metadata, inputs, output)
         return output
+
+
+def block_inputs(metadata: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+    """The block's hidden states, and its text hidden states where it returns them too."""
+    hidden = metadata._get_parameter_from_args_kwargs(metadata.hidden_states_argument_name, args, kwargs)
+    if metadata.return_encoder_hidden_states_index is None:
+        return (hidden,)
+    return hidden, metadata._get_parameter_from_args_kwargs(metadata.encoder_hidden_states_argument_name, args, kwargs)
+
+
+def block_outputs(metadata: Any, output: Any) -> tuple[torch.Tensor, ...]:
+    """The block's outputs in the order of :func:`block_inputs`."""
+    if not isinstance(output, tuple):
+        return (output,)
+    if metadata.return_encoder_hidden_states_index is None:
+        return (output[metadata.return_hidden_states_index],)
+    return output[metadata.return_hidden_states_index], output[metadata.return_encoder_hidden_states_index]
+
+
+def block_output(metadata: Any, values: list[torch.Tensor]) -> Any:
+    """What the block returns, built from values in the order of :func:`block_inputs`."""
+    if len(values) == 1:
+        return values[0]
+    out = [None, None]
+    out[metadata.return_hidden_states_index] = values[0]
+    out[metadata.return_encoder_hidden_states_index] = values[1]
+    return tuple(out)
+
+
+def residuals(metadata: Any, inputs: tuple[torch.Tensor, ...], output: Any) -> tuple[torch.Tensor, ...]:
+    """Output minus input, per stream."""
+    return tuple(o - x for o, x in zip(block_outputs(metadata, output), inputs, strict=True))
 
 
 def check(transformer: torch.nn.Module, num_blocks: int) -> list[torch.nn.Module]:

@@ -35,6 +35,7 @@ import torch
 from ..defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 from .allocate import allocate
 from .damage import DamageTable, Reduction
+from .joint import allocate_joint, to_schedule
 from .ratios import attention_flops_cut as _flops_cut
 from .redundancy import measure_redundancy
 from .schedule import Schedule
@@ -46,6 +47,7 @@ __all__ = [
     "CalibrationResult",
     "calibrate",
     "fit_to_psnr",
+    "fit_to_speedup",
     "measure",
     "fit",
     "attention_flops_cut",
@@ -163,9 +165,15 @@ def fit(table: DamageTable, target_flops_cut: float, *, name: str | None = None)
 
 
 def fit_to_psnr(table: DamageTable, target_psnr: float, *, data_range: float = 2.0,
-                name: str | None = None, tolerance: float = 1e-3) -> CalibrationResult:
-    """The schedule that removes the most attention FLOPs while the output PSNR the measurement
-    predicts stays at or above ``target_psnr`` dB (``data_range``: the output's value range).
+                name: str | None = None, tolerance: float = 1e-3, reuse: bool | None = None,
+                cost: str = "seconds") -> CalibrationResult:
+    """The schedule that saves the most while the output PSNR the measurement predicts stays at
+    or above ``target_psnr`` dB (``data_range``: the output's value range).
+
+    With block reuse (``reuse``; None: where the table measured it) the saving is the predicted
+    cost of the generation (``cost``: the table's ``"seconds"`` or ``"flops"``), token cuts and
+    block reuse chosen together (:func:`fit_to_speedup`'s allocation,
+    :mod:`asymrnr_fx.schedules.joint`). Without it, it is the share of attention FLOPs removed:
 
     Needs a ``"sensitivity"`` table, whose damage is the predicted output error (a redundancy
     proxy predicts no PSNR). The allocation is monotone in its target (a higher target never
@@ -178,6 +186,9 @@ def fit_to_psnr(table: DamageTable, target_psnr: float, *, data_range: float = 2
                          "proxy that predicts no PSNR): measure with method='sensitivity', or give a FLOPs target")
     if isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float)) or not math.isfinite(target_psnr):
         raise ValueError(f"target_psnr={target_psnr!r} is invalid: a finite number of dB, e.g. 33")
+    if reuse or (reuse is None and table.reuse is not None):
+        return _fit_joint(table, target_psnr=float(target_psnr), data_range=data_range, name=name,
+                          reuse=True, cost=cost)
 
     def meets(cut: float) -> tuple[bool, CalibrationResult | None]:
         try:
@@ -200,6 +211,60 @@ def fit_to_psnr(table: DamageTable, target_psnr: float, *, data_range: float = 2
     stats = {**best.stats, "target_psnr": float(target_psnr), "predicted_psnr": psnr, "data_range": data_range}
     meta = {**best.schedule.meta, "target_psnr": float(target_psnr)}
     return CalibrationResult(replace(best.schedule, meta=meta), stats)
+
+
+def fit_to_speedup(table: DamageTable, target_speedup: float, *, data_range: float = 2.0,
+                   name: str | None = None, reuse: bool | None = None, cost: str = "seconds") -> CalibrationResult:
+    """The schedule with the least predicted output error whose predicted speedup over the plain
+    model reaches ``target_speedup`` (e.g. 2.0): token cuts, and block reuse where the table
+    measured it (``reuse``; None: where measured), chosen together
+    (:mod:`asymrnr_fx.schedules.joint`). The speedup is predicted from the measurement's cost
+    table (``cost``: ``"seconds"`` on the machine that measured, or ``"flops"``): it leaves out
+    what the table does not see (matching, compilation's own gains), so measure the result.
+    Beyond the options' reach it returns the fastest schedule they allow.
+    """
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
+            or not math.isfinite(target_speedup) or target_speedup < 1.0:
+        raise ValueError(f"target_speedup={target_speedup!r} is invalid: a number >= 1, e.g. 2.0")
+    return _fit_joint(table, target_speedup=float(target_speedup), data_range=data_range, name=name,
+                      reuse=reuse is not False and table.reuse is not None, cost=cost)
+
+
+def _fit_joint(table: DamageTable, *, target_psnr: float | None = None, target_speedup: float | None = None,
+               data_range: float, name: str | None, reuse: bool, cost: str) -> CalibrationResult:
+    if table.method == "sensitivity" and target_psnr is not None and table.reuse is None and reuse:
+        raise ValueError("this measurement did not price block reuse: measure with reuse (asymrnr calibrate "
+                         "--reuse, or reuse_periods=...) or fit token cuts only (reuse=False)")
+    if target_psnr is not None:
+        max_mse = data_range ** 2 / 10 ** (target_psnr / 10)
+        joint = allocate_joint(table, max_mse=max_mse, reuse=reuse, cost=cost)
+    else:
+        from .joint import options
+
+        full = options(table, reuse=reuse, cost=cost).full
+        joint = allocate_joint(table, max_cost=full / target_speedup, reuse=reuse, cost=cost)
+    groups = [[g.start, g.stop] for g in table.groups]
+    target = {"target_psnr": target_psnr} if target_psnr is not None else {"target_speedup": target_speedup}
+    meta = {"calibrated": True, "method": table.method + ("+reuse" if reuse else ""), **target,
+            **table.reduction.meta(), "step_groups": groups, "clips": table.clips,
+            "predicted_psnr": predicted_psnr(joint.damage, data_range), "predicted_speedup": joint.speedup,
+            "cost": cost}
+    schedule = to_schedule(table, joint, name=name, meta=meta)
+    stats: dict[str, Any] = {
+        "method": meta["method"], **target, "cost": cost,
+        "predicted_output_mse": joint.damage, "predicted_psnr": meta["predicted_psnr"],
+        "predicted_speedup": joint.speedup, "data_range": data_range,
+        "reused_block_steps": schedule.reused_share(),
+        "attention_flops_cut": attention_flops_cut(schedule, table.reduction.num_video, table.reduction.num_dst,
+                                                   table.text_tokens),
+        "num_layers": table.num_layers, "num_steps": table.num_steps,
+        "video_tokens": table.reduction.num_video, "text_tokens": table.text_tokens,
+        **table.reduction.meta(), "step_groups": groups,
+        "levels": {c: list(v) for c, v in table.levels.items()},
+        "reuse_periods": list(table.reuse_periods) if reuse else [],
+        "clips": table.clips, "measurement": dict(table.meta or {}), "coverage": schedule.coverage(),
+    }
+    return CalibrationResult(schedule, stats)
 
 
 def calibrate(

@@ -23,7 +23,8 @@ import torch
 from ..defaults import DEFAULT_CACHE_INTERVAL, DEFAULT_METRIC, DEFAULT_SEED, DEFAULT_STRIDE
 from ..ops import Partition, dst_count, kept_count, site_partition
 
-__all__ = ["COMPONENTS", "Reduction", "DamageTable", "step_groups", "distinct_levels"]
+__all__ = ["COMPONENTS", "Reduction", "DamageTable", "step_groups", "distinct_levels", "reuse_computes",
+           "reuse_pattern"]
 
 COMPONENTS = ("q", "kv")
 
@@ -109,12 +110,28 @@ def step_groups(num_steps: int, cache_interval: int, groups: int | None = None) 
     return tuple(range(bounds[g], bounds[g + 1]) for g in range(count))
 
 
+def reuse_computes(step: int, cache_interval: int, period: int) -> bool:
+    """Whether a block reused with ``period`` computes at ``step``: at the refresh window's
+    steps ``0, period, 2 x period, ...``."""
+    return (step % cache_interval) % period == 0
+
+
+def reuse_pattern(steps: range, cache_interval: int, period: int) -> list[bool]:
+    """Per step of ``steps``, whether the block is reused (the schedule's reuse cells)."""
+    return [not reuse_computes(s, cache_interval, period) for s in steps]
+
+
 @dataclass(frozen=True)
 class DamageTable:
     """Measured damage per unit and ratio level (see the module docs).
 
     ``damage[c]`` is a float64 tensor ``(groups, layers, levels[c])``; ``text_tokens`` is the
     text segment of the attention sequence (it counts in the FLOPs, never reduced).
+    ``reuse`` (when block reuse was measured) is ``(groups, blocks, len(reuse_periods))``: the
+    damage of reusing a block with each period (:func:`reuse_computes`) over a group; block ``i``
+    holds attention site ``i``. ``costs`` are what one step of the calibration batch costs, under
+    ``"flops"`` and ``"seconds"`` (on the machine that measured): ``other`` (outside the blocks),
+    ``block`` (per block, attention excluded) and ``attention`` (per site, full attention).
     """
 
     method: str
@@ -127,6 +144,9 @@ class DamageTable:
     damage: Mapping[str, torch.Tensor]
     clips: int = 1
     meta: Mapping[str, Any] | None = None
+    reuse_periods: tuple[int, ...] = ()
+    reuse: torch.Tensor | None = None
+    costs: Mapping[str, Any] | None = None
 
     def kept_points(self, comp: str) -> list[int]:
         """Kept tokens at ratio 0 and at every level of ``comp``."""
@@ -154,7 +174,19 @@ class DamageTable:
                 for comp, ratio in (("q", q), ("kv", kv)):
                     if ratio > 0:
                         total += self.at(comp, g, layer, self.reduction.kept(ratio))
+            for block in range(getattr(schedule, "num_blocks", 0)):
+                reused = [schedule.reuse_at(s, self.num_steps)[block] for s in steps]
+                if any(reused):
+                    total += float(self.reuse[g, block, self._period_of(reused, steps)])
         return total
+
+    def _period_of(self, reused: list[bool], steps: range) -> int:
+        """Index of the measured period whose pattern ``reused`` is (else a ValueError)."""
+        for k, period in enumerate(self.reuse_periods if self.reuse is not None else ()):
+            if reuse_pattern(steps, self.reduction.cache_interval, period) == reused:
+                return k
+        raise ValueError(f"the schedule reuses blocks at steps {[s for s, r in zip(steps, reused, strict=True) if r]}, "
+                         f"a pattern this measurement did not price (periods {list(self.reuse_periods)})")
 
     # ------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +199,9 @@ class DamageTable:
             "levels": {c: list(self.levels[c]) for c in COMPONENTS},
             "damage": {c: self.damage[c].tolist() for c in COMPONENTS},
             "clips": self.clips, "meta": dict(self.meta or {}),
+            **({"reuse_periods": list(self.reuse_periods), "reuse": self.reuse.tolist()}
+               if self.reuse is not None else {}),
+            **({"costs": dict(self.costs)} if self.costs is not None else {}),
         }
 
     @classmethod
@@ -181,7 +216,10 @@ class DamageTable:
                 int(data["text_tokens"]), tuple(range(a, b) for a, b in data["groups"]),
                 {c: tuple(float(v) for v in data["levels"][c]) for c in COMPONENTS},
                 {c: torch.tensor(data["damage"][c], dtype=torch.float64) for c in COMPONENTS},
-                int(data.get("clips", 1)), dict(data.get("meta") or {}))
+                int(data.get("clips", 1)), dict(data.get("meta") or {}),
+                tuple(int(p) for p in data.get("reuse_periods", ())),
+                torch.tensor(data["reuse"], dtype=torch.float64) if "reuse" in data else None,
+                dict(data["costs"]) if "costs" in data else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a calibration measurement ({type(exc).__name__}: {exc}): write "
                              "one with `asymrnr calibrate` or DamageTable.to_dict()") from None
@@ -190,4 +228,7 @@ class DamageTable:
             if tuple(table.damage[c].shape) != want:
                 raise ValueError(f"damage[{c!r}] has shape {tuple(table.damage[c].shape)}, expected "
                                  f"{want} (groups, layers, levels)")
+        if table.reuse is not None and tuple(table.reuse.shape) != (len(table.groups), table.num_layers,
+                                                                  len(table.reuse_periods)):
+            raise ValueError(f"reuse has shape {tuple(table.reuse.shape)}, expected (groups, blocks, periods)")
         return table

@@ -16,10 +16,23 @@ order, from two things measured on the baseline model:
 Errors of one unit add up over the steps of its group before squaring (the same indices cut
 every step of a window, so their errors are correlated); units are taken as independent.
 
+**Block reuse** (``reuse_periods``) is priced the same way: reusing a block with period ``p``
+inside a refresh window computes it at the window's steps ``0, p, 2p, ...`` and, at every other
+step, adds the residual (output minus input, per stream) of its last computed step instead. The
+error is that residual minus the step's own, at the block's outputs; ``g`` is the gradient of
+``u . output`` with respect to those outputs. One unit is (step group, block, period).
+
+**Costs** (:attr:`DamageTable.costs`): what one step of the calibration batch costs, per block
+(attention excluded), per attention site and outside the blocks, in FLOPs (``torch.utils.flop_counter``;
+attention as torch counts SDPA, ``4 x batch x heads x head_dim`` per query-key pair) and in
+seconds on this machine (eager replays of step 0, the median of :data:`TIMING_REPEATS`): what a
+schedule's predicted speedup is computed from (:mod:`asymrnr_fx.schedules.joint`).
+
 Cost, in baseline-length runs of the calibration batch: one plain run (which also does the
 matching), one replay of every step with gradients (a forward), one backward pass per probe
 (about 2 runs each) and the reduced attention of every K/V level at every site and step (Q
-errors are gathers of the full output). Memory: one step's forward with gradients.
+errors are gathers of the full output). Memory: one step's forward with gradients; with block
+reuse also every block's residual at the steps some period computes (on the CPU).
 """
 
 from __future__ import annotations
@@ -27,13 +40,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from ..ops import match, reduced_sdpa
 from .attention_calls import AttentionCalls, SiteCall, VideoSpan
-from .damage import COMPONENTS, DamageTable, Reduction, distinct_levels, step_groups
+from .block_calls import BlockCall, BlockCalls
+from .damage import COMPONENTS, DamageTable, Reduction, distinct_levels, reuse_computes, step_groups
 from .trajectory import Trajectory, run_trajectory
 
 __all__ = ["DEFAULT_LEVELS", "DEFAULT_PROBES", "measure_sensitivity"]
@@ -121,13 +136,147 @@ class _Sweep:
                             merge=self.reduction.merge, **indices)
 
 
-def _plain_run(trajectory: Trajectory, calls: AttentionCalls, indices: _MatchIndices) -> list[torch.Tensor]:
-    """The baseline run: every step's input latent (and the last), matching recorded."""
+@dataclass
+class _BlockResiduals:
+    """Every block's residual at the steps some reuse period computes (from the plain run), and
+    per probe, clip and (group, block, period) the summed ``g . e`` of reusing it (see the module
+    docs)."""
+
+    reduction: Reduction
+    periods: tuple[int, ...]
+    group_of: list[int]
+    store: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    sums: torch.Tensor | None = None
+
+    def record(self, call: BlockCall) -> None:
+        if any(reuse_computes(call.step, self.reduction.cache_interval, p) for p in self.periods):
+            self.store[(call.block, call.step, call.branch)] = tuple(r.cpu() for r in call.residual())
+
+    def add(self, call: BlockCall, grads: list[list[torch.Tensor]], clips: int) -> None:
+        """Add ``g . e`` of every period at this block and step; ``grads[probe][stream]``."""
+        offset = call.step % self.reduction.cache_interval
+        now = call.residual()
+        for k, period in enumerate(self.periods):
+            if reuse_computes(call.step, self.reduction.cache_interval, period):
+                continue  # computed at this step under this period: no error
+            last = self.store[(call.block, call.step - offset % period, call.branch)]
+            for probe, grad in enumerate(grads):
+                dot = sum((old.to(r.device) - r).mul(g.float()).flatten(1).sum(1).double()
+                          for old, r, g in zip(last, now, grad, strict=True))
+                self.sums[probe, :, self.group_of[call.step], call.block, k] += dot.view(-1, clips).sum(0)
+
+
+def _plain_run(trajectory: Trajectory, calls: AttentionCalls, indices: _MatchIndices,
+               blocks: BlockCalls | None = None, residuals: _BlockResiduals | None = None) -> list[torch.Tensor]:
+    """The baseline run: every step's input latent (and the last), matching (and block
+    residuals) recorded."""
     latents: list[torch.Tensor] = []
     calls.handler = indices.record
+    if blocks is not None:
+        blocks.handler = residuals.record
     with torch.no_grad(), calls:
         run_trajectory(trajectory, calls.set_step, latents)
     return latents
+
+
+_ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention")
+TIMING_REPEATS = 3
+"""Timed replays of step 0 for the timing table (the median of each entry is kept)."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _forward_costs(model: torch.nn.Module, trajectory: Trajectory, calls: AttentionCalls,
+                   latent: torch.Tensor, blocks: list[torch.nn.Module]) -> dict:
+    """What one step (step 0, every forward of it) of the batch costs, as FLOPs and as seconds
+    on this machine: per block and outside the blocks without attention, and per attention
+    site its full attention (see the module docs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pair: dict[int, int] = {}
+
+    def shape(call: SiteCall, attend: object) -> None:
+        b, h, n, d = call.query.shape
+        pair[call.site] = pair.get(call.site, 0) + 4 * b * h * d * n * call.key.shape[-2]
+
+    calls.handler = shape
+    with torch.no_grad(), calls, FlopCounterMode(display=False, depth=None) as counter:
+        calls.replay_step(0)
+        trajectory.step(0, latent)
+    counts = counter.get_flop_counts()
+
+    def flops(key: str) -> int:
+        return sum(n for op, n in counts.get(key, {}).items() if not any(a in str(op) for a in _ATTENTION_OPS))
+
+    names = {id(m): name for name, m in model.named_modules()}
+    root = type(model).__name__
+    per_block = [flops(f"{root}.{names[id(b)]}") for b in blocks]
+    costs = {"flops": {"other": flops("Global") - sum(per_block), "block": per_block,
+                       "attention": [pair[i] for i in sorted(pair)]}}
+    costs["seconds"] = _timed_step(trajectory, calls, latent, blocks)
+    return costs
+
+
+def _timed_step(trajectory: Trajectory, calls: AttentionCalls, latent: torch.Tensor,
+                blocks: list[torch.nn.Module]) -> dict:
+    """Seconds of step 0 (median of :data:`TIMING_REPEATS` eager replays): outside the blocks,
+    per block without its attention, and per attention site."""
+    runs = [_time_once(trajectory, calls, latent, blocks) for _ in range(TIMING_REPEATS)]
+    return {key: _median([run[key] for run in runs]) for key in ("other", "block", "attention")}
+
+
+def _time_once(trajectory: Trajectory, calls: AttentionCalls, latent: torch.Tensor,
+               blocks: list[torch.nn.Module]) -> dict:
+    device = latent.device
+    attention: dict[int, float] = {}
+    in_block: dict[int, float] = {}
+    started: dict[int, float] = {}
+
+    def attend_timed(call: SiteCall, attend) -> torch.Tensor:  # noqa: ANN001
+        _sync(device)
+        start = time.perf_counter()
+        out = attend()
+        _sync(device)
+        attention[call.site] = attention.get(call.site, 0.0) + time.perf_counter() - start
+        return out
+
+    def enter(index: int) -> None:
+        _sync(device)
+        started[index] = time.perf_counter()
+
+    def leave(index: int) -> None:
+        _sync(device)
+        in_block[index] = in_block.get(index, 0.0) + time.perf_counter() - started[index]
+
+    hooks = [h for i, b in enumerate(blocks) for h in (
+        b.register_forward_pre_hook(lambda *a, _i=i: enter(_i)),
+        b.register_forward_hook(lambda *a, _i=i: leave(_i)))]
+    calls.handler = attend_timed
+    try:
+        with torch.no_grad(), calls:
+            calls.replay_step(0)
+            _sync(device)
+            start = time.perf_counter()
+            trajectory.step(0, latent)
+            _sync(device)
+            total = time.perf_counter() - start
+    finally:
+        for h in hooks:
+            h.remove()
+    sites = [attention[i] for i in sorted(attention)]
+    # One site per block where reuse is calibrated; elsewhere the blocks keep their attention.
+    per_block = [in_block.get(i, 0.0) - (sites[i] if len(sites) == len(blocks) else 0.0)
+                 for i in range(len(blocks))]
+    return {"other": total - sum(in_block.values()), "block": per_block, "attention": sites}
+
+
+def _median(values: list) -> Any:
+    if isinstance(values[0], list):
+        return [_median([v[i] for v in values]) for i in range(len(values[0]))]
+    return sorted(values)[len(values) // 2]
 
 
 def _output_adjoints(trajectory: Trajectory, last: torch.Tensor, generator: torch.Generator,
@@ -144,11 +293,12 @@ def _output_adjoints(trajectory: Trajectory, last: torch.Tensor, generator: torc
 
 
 def _replay_step(trajectory: Trajectory, calls: AttentionCalls, index: int, latent: torch.Tensor,
-                 adjoints: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
+                 adjoints: list[torch.Tensor], blocks: BlockCalls | None = None) -> tuple[list[torch.Tensor], list, list]:
     """Run step ``index`` once with gradients and pull every probe's adjoint back through it;
-    returns the adjoints of its input latent and, per site call, ``(call, attention output,
-    gradient of the output per probe)``."""
+    returns the adjoints of its input latent, per site call ``(call, attention output, gradient
+    of the output per probe)`` and per block call ``(call, gradients per probe and stream)``."""
     captured: list[tuple[SiteCall, torch.Tensor]] = []
+    block_calls: list[BlockCall] = []
 
     def keep_output(call: SiteCall, attend) -> torch.Tensor:  # noqa: ANN001
         out = attend()
@@ -156,30 +306,40 @@ def _replay_step(trajectory: Trajectory, calls: AttentionCalls, index: int, late
         return out
 
     calls.handler = keep_output
+    if blocks is not None:
+        blocks.handler = block_calls.append
     x = latent.detach().requires_grad_(True)
     with torch.enable_grad(), calls:
         calls.replay_step(index)
         nxt = trajectory.step(index, x)
-        outs = [out for _, out in captured]
+        outs = [out for _, out in captured] + [o for call in block_calls for o in call.outputs]
         per_probe = [torch.autograd.grad(nxt, [x, *outs], adjoint, allow_unused=True,
                                          retain_graph=probe < len(adjoints) - 1)
                      for probe, adjoint in enumerate(adjoints)]
-    sites = [(call, out.detach(), [g[1 + i] if g[1 + i] is not None else torch.zeros_like(out)
-                                   for g in per_probe])
-             for i, (call, out) in enumerate(captured)]
-    return [g[0] for g in per_probe], sites
+    grads = [[g[1 + i] if g[1 + i] is not None else torch.zeros_like(out) for i, out in enumerate(outs)]
+             for g in per_probe]
+    sites = [(call, out.detach(), [g[i] for g in grads]) for i, (call, out) in enumerate(captured)]
+    at, per_block = len(captured), []
+    for call in block_calls:
+        n = len(call.outputs)
+        per_block.append((call, [g[at:at + n] for g in grads]))
+        at += n
+    return [g[0] for g in per_probe], sites, per_block
 
 
 def _sweep(trajectory: Trajectory, calls: AttentionCalls, latents: list[torch.Tensor], sweep: _Sweep,
-           generator: torch.Generator, tick: Callable[[int], None] = lambda n: None) -> None:
+           generator: torch.Generator, tick: Callable[[int], None] = lambda n: None,
+           blocks: BlockCalls | None = None, residuals: _BlockResiduals | None = None) -> None:
     """Backward through the whole chain, step by step (one step in memory), every probe at
     once: the step's forward and its attention errors are shared by the probes."""
     adjoints = _output_adjoints(trajectory, latents[-1], generator, sweep.probes)
     for index in reversed(range(trajectory.num_steps)):
-        adjoints, sites = _replay_step(trajectory, calls, index, latents[index], adjoints)
+        adjoints, sites, block_grads = _replay_step(trajectory, calls, index, latents[index], adjoints, blocks)
         with torch.no_grad():
             for call, out, grads in sites:
                 sweep.add(call, out, grads)
+            for call, grads in block_grads:
+                residuals.add(call, grads, sweep.clips)
         tick(1)
 
 
@@ -188,6 +348,8 @@ class _Totals:
     """Squared sums over every clip and probe so far, and what the runs showed."""
 
     squares: dict[str, torch.Tensor] | None = None
+    reuse_squares: torch.Tensor | None = None
+    costs: dict | None = None
     clips: int = 0
     numel: int = 0
     num_layers: int | None = None
@@ -197,25 +359,43 @@ class _Totals:
 
 def _measure_batch(model: torch.nn.Module, trajectory: Trajectory, span: VideoSpan, indices: _MatchIndices,
                    group_of: list[int], generator: torch.Generator, probes: int, totals: _Totals,
-                   tick: Callable[[int], None] = lambda n: None) -> None:
+                   tick: Callable[[int], None] = lambda n: None, reuse_periods: tuple[int, ...] = ()) -> None:
     """The plain run and every probe's sweep of one batch, added to ``totals``; ``tick(n)``
     says that ``n`` more steps (plain or backward) are done."""
     calls = AttentionCalls(model, span, lambda call, attend: None)
+    blocks = BlockCalls(model, calls) if reuse_periods else None
+    residuals = _BlockResiduals(indices.reduction, reuse_periods, group_of) if reuse_periods else None
     try:
         start = time.perf_counter()
-        latents = _plain_run(trajectory, calls, indices)
+        latents = _plain_run(trajectory, calls, indices, blocks, residuals)
         totals.plain_seconds += time.perf_counter() - start
         tick(trajectory.num_steps)
         totals.num_layers = _site_count(calls, totals.num_layers, indices.reduction)
         totals.text_tokens = int(calls.text_seen or 0)
         batch = latents[-1].shape[0]
+        if totals.costs is None:
+            from ..block_reuse import reuse_blocks
+
+            totals.costs = _forward_costs(model, trajectory, calls, latents[0], reuse_blocks(model))
+        if blocks is not None:
+            if len(blocks.blocks) != totals.num_layers:
+                raise ValueError(f"{type(model).__name__} runs {totals.num_layers} attention sites in "
+                                 f"{len(blocks.blocks)} blocks: block reuse is calibrated for one site per "
+                                 "block; calibrate token cuts only (no reuse)")
+            residuals.sums = torch.zeros(probes, batch, max(group_of) + 1, len(blocks.blocks),
+                                         len(reuse_periods), dtype=torch.float64)
         sweep = _Sweep(indices.reduction, indices, group_of, batch, totals.num_layers, probes)
-        _sweep(trajectory, calls, latents, sweep, generator, tick)
+        _sweep(trajectory, calls, latents, sweep, generator, tick, blocks, residuals)
         squares = {c: sweep.sums[c].pow(2).sum((0, 1)) for c in COMPONENTS}
         totals.squares = squares if totals.squares is None else {
             c: totals.squares[c] + squares[c] for c in COMPONENTS}
+        if residuals is not None:
+            reuse = residuals.sums.pow(2).sum((0, 1))
+            totals.reuse_squares = reuse if totals.reuse_squares is None else totals.reuse_squares + reuse
     finally:
         calls.close()
+        if blocks is not None:
+            blocks.close()
     totals.clips += batch
     totals.numel = latents[-1][0].numel()
 
@@ -232,8 +412,12 @@ def measure_sensitivity(
     probes: int = DEFAULT_PROBES,
     probe_seed: int | None = None,
     progress: bool = False,
+    reuse_periods: Sequence[int] = (),
 ) -> DamageTable:
     """Predicted output error of every unit and level, over every clip of ``trajectories``.
+
+    ``reuse_periods`` also prices reusing each block with each period (see the module docs;
+    e.g. ``(2, cache_interval)``): each must be in ``[2, cache_interval]``.
 
     ``progress`` shows a bar over the steps of every batch (its plain run, then its backward
     sweep), with the time left.
@@ -248,6 +432,11 @@ def measure_sensitivity(
         raise ValueError(f"probes={probes!r} is invalid: a positive int")
     if not trajectories:
         raise ValueError("trajectories is empty: give at least one batch to calibrate on")
+    periods = tuple(sorted({int(p) for p in reuse_periods}))
+    bad = [p for p in periods if not 2 <= p <= reduction.cache_interval]
+    if bad:
+        raise ValueError(f"reuse_periods {bad} are invalid: each in [2, cache_interval={reduction.cache_interval}] "
+                         "(a block is computed at the first step of every refresh window)")
     num_steps = trajectories[0].num_steps
     steps_groups = step_groups(num_steps, reduction.cache_interval, groups)
     group_of = [g for g, rng in enumerate(steps_groups) for _ in rng]
@@ -265,12 +454,15 @@ def measure_sensitivity(
             bar.set_description(f"batch {i + 1}/{len(trajectories)}: plain run, then backward sweep "
                                 f"with {probes} probe(s)")
             _measure_batch(model, trajectory, span, _MatchIndices(reduction, measured), group_of,
-                           generator, probes, totals, bar.update)
-    damage = {c: totals.squares[c] / (totals.clips * probes * totals.numel) for c in COMPONENTS}
+                           generator, probes, totals, bar.update, periods)
+    scale = totals.clips * probes * totals.numel
+    damage = {c: totals.squares[c] / scale for c in COMPONENTS}
     meta = {"probes": probes, "output_elements_per_clip": totals.numel,
             "plain_run_seconds": totals.plain_seconds}
+    reuse = None if totals.reuse_squares is None else totals.reuse_squares / scale
     return DamageTable("sensitivity", reduction, totals.num_layers, num_steps, totals.text_tokens,
-                       steps_groups, measured, damage, totals.clips, meta)
+                       steps_groups, measured, damage, totals.clips, meta, reuse_periods=periods,
+                       reuse=reuse, costs=totals.costs)
 
 
 def _site_count(calls: AttentionCalls, known: int | None, reduction: Reduction) -> int:
