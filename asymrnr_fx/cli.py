@@ -159,13 +159,18 @@ def _generate_small(args: argparse.Namespace, config) -> int:
         prompt = "red circle right stripes still"
         print(f"no --prompt given: sampling {prompt!r} (a shape, a colour and a motion; optionally a "
               "background and a pan, e.g. 'blue square orbit checker pan-left')")
-    # The baseline is plain Inductor: the speed AsymRnR is measured against.
-    compiler = None if config is None else asymrnr_fx.backend(config, inner=args.inner)
-    runner = torch.compile(model, backend=args.inner if compiler is None else compiler)
+    # The baseline is plain Inductor: the speed AsymRnR is measured against. apply() runs a
+    # schedule's block reuse too (a backend alone sees graphs, not blocks).
+    state = None
+    if config is None:
+        runner = torch.compile(model, backend=args.inner)
+    else:
+        runner = asymrnr_fx.apply(model, config, inner=args.inner)
+        (state,) = asymrnr_fx.states_of(model)
 
     def run():  # noqa: ANN202
-        if compiler is not None:
-            compiler.state.reset()
+        if state is not None:
+            state.reset()
         return sampling.generate(runner, [prompt], [args.seed], steps=args.steps,
                                  geometry=geometry, progress=True)[0]
 
@@ -175,8 +180,8 @@ def _generate_small(args: argparse.Namespace, config) -> int:
     out = write_video(list(frames), out, fps=args.fps)
     what = f"baseline ({args.inner})" if config is None else "asymrnr"
     print(f"{what}: {args.steps} steps in {seconds:.2f} s; wrote {out}")
-    if compiler is not None:
-        print(compiler.state.summary())
+    if state is not None:
+        print(state.summary())
     return 0
 
 
@@ -268,6 +273,12 @@ def _check_calibrate_args(args: argparse.Namespace) -> None:
         raise CLIError("--steps is required (the denoising steps of the calibration runs)", 2)
     if args.measurement is None:
         _check_model_name(args.model)
+    if args.reuse and args.target is not None:
+        raise CLIError("--reuse prices block reuse for --target-psnr or --target-speedup; --target is a share of "
+                       "attention FLOPs, which only token cuts remove: give one of those instead", 2)
+    if args.reuse and args.measurement is not None:
+        raise CLIError("--reuse decides what is measured, and --measurement reuses a measurement: a measurement "
+                       "made with --reuse is refitted with block reuse by itself", 2)
     _check_out(args.out, "--out")
 
 
@@ -291,7 +302,8 @@ def _measure(args: argparse.Namespace):  # noqa: ANN202
     table = measure(setup.model, setup.runs, reduction, method=method, steps=args.steps,
                     text_tokens=setup.text_tokens, text_side=setup.text_side,
                     step_groups=args.step_groups, priors=not args.no_priors,
-                    probes=DEFAULT_PROBES if args.probes is None else args.probes, progress=True)
+                    probes=DEFAULT_PROBES if args.probes is None else args.probes, progress=True,
+                    reuse_periods=tuple(range(2, reduction.cache_interval + 1)) if args.reuse else ())
     meta = dict(table.meta or {})
     meta.update({"model": args.model, "clips": [list(c) for c in setup.clips],
                  "data_range": setup.data_range, "name": setup.name})
@@ -327,9 +339,32 @@ def _calibration_cost(table: Any, reused: bool = False) -> str:
     return f"calibration cost: {cost}"
 
 
+def _fit_line(args: argparse.Namespace, stats: dict, data_range: float | None) -> str:
+    """What the fit achieved, in one line."""
+    from .schedules.calibrate import predicted_psnr
+
+    if "predicted_speedup" in stats:  # token cuts and block reuse chosen together
+        target = (f"the fastest whose predicted PSNR stays >= {args.target_psnr:g} dB" if args.target_psnr is not None
+                  else f"the least error at a predicted {args.target_speedup:g}x")
+        return (f"predicted speedup {stats['predicted_speedup']:.2f}x ({stats['cost']} on the measuring machine) "
+                f"and PSNR {stats['predicted_psnr']:.1f} dB on the calibration clips ({target}); block steps "
+                f"reused: {100 * stats['reused_block_steps']:.1f}%, attention FLOPs removed: "
+                f"{100 * stats['attention_flops_cut']:.1f}%. Predictions are first order: measure the "
+                "schedule (docs/composition.md, the frontier)")
+    flops = stats.get("achieved_flops_cut", stats.get("attention_flops_cut"))
+    line = f"attention FLOPs removed: {100 * flops:.2f}% "
+    line += (f"(the most whose predicted PSNR stays >= {args.target_psnr:g} dB)" if args.target_psnr is not None
+             else f"(target {100 * args.target:.2f}%)")
+    if "predicted_output_mse" in stats and data_range:
+        line += (f"; predicted PSNR {predicted_psnr(stats['predicted_output_mse'], data_range):.1f} dB "
+                 "on the calibration clips (first order: on the small model measured PSNR came within 1.2 dB "
+                 "of it, mostly above; see docs/schedules.md)")
+    return line
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .files import write_text_atomic
-    from .schedules.calibrate import fit, fit_to_psnr, predicted_psnr
+    from .schedules.calibrate import fit, fit_to_psnr, fit_to_speedup
     from .schedules.viz import format_schedule
 
     _check_calibrate_args(args)
@@ -340,28 +375,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_text_atomic(table_path, json.dumps(table.to_dict()) + "\n")
     name = (table.meta or {}).get("name") or "calibrated"
     data_range = (table.meta or {}).get("data_range")
-    if args.target_psnr is not None:
+    if args.target_psnr is not None or args.target_speedup is not None:
         if table.method != "sensitivity" or not data_range:
-            raise CLIError("--target-psnr needs a sensitivity measurement of a model whose output range is "
+            flag = "--target-psnr" if args.target_psnr is not None else "--target-speedup"
+            raise CLIError(f"{flag} needs a sensitivity measurement of a model whose output range is "
                            "known (the small model: its clips lie in [-1, 1]); give --target (a FLOPs share) "
                            "instead", 2)
-        result = _library_call(fit_to_psnr, table, args.target_psnr, data_range=data_range,
-                               name=f"{name}-psnr{args.target_psnr:g}")
-        args.target = result.stats["achieved_flops_cut"]
+        if args.target_psnr is not None:
+            result = _library_call(fit_to_psnr, table, args.target_psnr, data_range=data_range,
+                                   name=f"{name}-psnr{args.target_psnr:g}", cost=args.cost)
+        else:
+            result = _library_call(fit_to_speedup, table, args.target_speedup, data_range=data_range,
+                                   name=f"{name}-speedup{args.target_speedup:g}", cost=args.cost)
     else:
         result = fit(table, args.target, name=f"{name}-cut{args.target:g}")
     result.schedule.save(out)
     write_text_atomic(stats_path, json.dumps({**result.stats, "model": (table.meta or {}).get("model")},
                                              indent=1) + "\n")
     print(format_schedule(result.schedule))
-    line = f"\nattention FLOPs removed: {100 * result.stats['achieved_flops_cut']:.2f}% "
-    line += (f"(the most whose predicted PSNR stays >= {args.target_psnr:g} dB)" if args.target_psnr is not None
-             else f"(target {100 * args.target:.2f}%)")
-    if "predicted_output_mse" in result.stats and data_range:
-        line += (f"; predicted PSNR {predicted_psnr(result.stats['predicted_output_mse'], data_range):.1f} dB "
-                 "on the calibration clips (first order: on the small model measured PSNR came within 1.2 dB "
-                 "of it, mostly above; see docs/schedules.md)")
-    print(line)
+    print("\n" + _fit_line(args, result.stats, data_range))
     print(_calibration_cost(table, reused=bool(args.measurement)))
     print(f"wrote {out} and {stats_path}" + ("" if args.measurement else
           f"; refit other targets without running the model: --measurement {table_path}"))
@@ -416,12 +448,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         f"  {PROG} generate --model THUDM/CogVideoX-2b --prompt 'a cat surfing' --schedule cogvideox-2b-fast "
         "--warmup --out cat.mp4"))
     _add_calibrate(command(
-        "calibrate", "fit a schedule to a model at a target share of attention FLOPs",
+        "calibrate", "fit a schedule to a model at a quality, speed or attention-FLOPs target",
         "Measure how much each (site, step window, Q or K/V) cut changes the final output (the default "
         "where the sampler replays steps: the small and tiny models) or each site's token redundancy "
         "(diffusers pipelines), then fit the cheapest-error schedule that removes --target of the "
-        "attention FLOPs. --measurement refits a saved measurement without running the model.",
+        "attention FLOPs, or the fastest one at --target-psnr, or the best one at --target-speedup. "
+        "With --reuse, reusing each block's residual is priced too and chosen with the token cuts. "
+        "--measurement refits a saved measurement without running the model.",
         f"  {PROG} calibrate --model small --target 0.5 --steps 20 --out small.json\n"
+        f"  {PROG} calibrate --model small --reuse --target-psnr 33 --steps 20 --out small33.json\n"
         f"  {PROG} calibrate --model small --target 0.6 --out small60.json --measurement small.measurement.json"))
     _add_show(command(
         "show", "print a schedule (file or preset) and draw its heat map",
@@ -453,6 +488,16 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def _speedup(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a speedup: a number >= 1, e.g. 2.0")
+    return value
+
+
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="'small', 'tiny:NAME' (random tiny config), a Hugging Face id or folder")
@@ -461,7 +506,20 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     target.add_argument("--target-psnr", type=float, metavar="DB",
                         help="instead: remove the most attention FLOPs whose predicted output PSNR stays at "
                         "or above DB on the calibration clips (sensitivity measurements only; the prediction "
-                        "is first order: on the small model measured PSNR came within 1.2 dB of it)")
+                        "is first order: on the small model measured PSNR came within 1.2 dB of it); with "
+                        "a --reuse measurement, token cuts and block reuse are chosen together for the "
+                        "fastest predicted schedule")
+    target.add_argument("--target-speedup", type=_speedup, metavar="X",
+                        help="instead: the least predicted output error at a predicted speedup of X over the "
+                        "plain model (sensitivity only; from the measurement's timing table, see --cost), "
+                        "token cuts and, with a --reuse measurement, block reuse chosen together")
+    p.add_argument("--reuse", action="store_true",
+                   help="also price reusing each transformer block's residual (computed at every p-th step "
+                   "of a refresh window, p from 2 to the cache interval) for --target-psnr/--target-speedup; "
+                   "the schedule then carries a reuse table, run by apply() and generate")
+    p.add_argument("--cost", choices=("seconds", "flops"), default="seconds",
+                   help="what a speed or joint target saves: the measurement's seconds on this machine "
+                   "(default) or its FLOPs")
     p.add_argument("--steps", type=positive_int, help="denoising steps of the runs (required unless --measurement)")
     p.add_argument("--out", required=True,
                    help="schedule JSON to write (stats and the measurement go beside it)")

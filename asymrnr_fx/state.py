@@ -88,6 +88,9 @@ def stats_summary(stats: Mapping[str, int], fallbacks: int = 0) -> str:
     line = (f"asymrnr: {st['generations']} denoising loop(s), {st['forwards']} forward(s); {reduced} "
             f"attention call(s) reduced ({st['cache_refreshes']} matched afresh, {st['cache_hits']} "
             "reusing a cached match)")
+    if st["blocks_reused"]:
+        line += (f"; {st['blocks_reused']} of {st['blocks_reused'] + st['blocks_computed']} block call(s) "
+                 "reused their last residual")
     if fallbacks:
         line += f"; {fallbacks} graph(s) fell back (see the WARNING above)"
     return line

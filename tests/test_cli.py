@@ -167,6 +167,30 @@ def test_calibrate_small_model_prompts(tmp_path, capsys) -> None:
     assert "names no shape" in _one_line_error(capsys)
 
 
+def test_calibrate_small_model_with_block_reuse_and_generate_with_it(tmp_path, capsys) -> None:
+    out = tmp_path / "fast.json"
+    assert main(["calibrate", "--model", "small", "--reuse", "--target-speedup", "1.4", "--steps", "4",
+                 "--cache-interval", "2", "--out", str(out), "--prompt", "red circle right", "blue square orbit",
+                 "--threads", "1", "--probes", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted speedup" in printed and "block steps reused" in printed
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert stats["predicted_speedup"] >= 1.4 and stats["reuse_periods"] == [2]
+    schedule = Schedule.load(out)
+    assert schedule.reuse is not None and schedule.meta["target_speedup"] == 1.4
+    # The same measurement refitted to a quality target: block reuse comes with it.
+    assert main(["calibrate", "--model", "small", "--target-psnr", "30", "--out", str(tmp_path / "q.json"),
+                 "--measurement", str(out.with_suffix(".measurement.json"))]) == 0
+    assert "predicted speedup" in capsys.readouterr().out
+    # generate runs the reuse table (through apply).
+    assert main(["generate", "--model", "small", "--schedule", str(out), "--steps", "4", "--out",
+                 str(tmp_path / "clip.gif"), "--threads", "1", "--inner", "eager"]) == 0
+    assert "reused their last residual" in capsys.readouterr().out
+    assert main(["calibrate", "--model", "small", "--reuse", "--target", "0.5", "--steps", "4", "--out",
+                 str(out)]) == 2
+    assert "--reuse prices block reuse" in _one_line_error(capsys)
+
+
 def test_demo_options_are_the_demos(capsys) -> None:
     assert main(["demo", "-h"]) == 0
     assert "--prompts" in capsys.readouterr().out

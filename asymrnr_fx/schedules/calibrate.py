@@ -98,9 +98,12 @@ def measure(
     probes: int = DEFAULT_PROBES,
     levels: Mapping[str, Sequence[float]] | None = None,
     progress: bool = False,
+    reuse_periods: Sequence[int] = (),
 ) -> DamageTable:
     """The damage table of ``model`` over ``runs`` (one or several batches of clips);
-    ``progress`` shows a bar with the time left.
+    ``progress`` shows a bar with the time left. ``reuse_periods`` (sensitivity only) also
+    prices reusing each transformer block with each period (e.g. ``(2, 3)``), for
+    :func:`fit_to_psnr` and :func:`fit_to_speedup` to choose block reuse with the token cuts.
 
     ``runs`` are :class:`Trajectory` objects for ``"sensitivity"``; for ``"redundancy"``
     also plain ``sample(set_step)`` callables running a whole generation of ``steps`` steps.
@@ -121,8 +124,11 @@ def measure(
                 f"(start/step/finish), got {bad}; use method='redundancy' for a sampling callable")
         table = measure_sensitivity(model, runs, reduction, text_tokens=text_tokens,
                                     text_side=text_side, levels=levels or DEFAULT_LEVELS,
-                                    groups=step_groups, probes=probes, progress=progress)
+                                    groups=step_groups, probes=probes, progress=progress,
+                                    reuse_periods=reuse_periods)
     else:
+        if reuse_periods:
+            raise ValueError("reuse_periods needs method='sensitivity' (block reuse is priced by its output error)")
         if steps is None:
             steps = runs[0].num_steps if isinstance(runs[0], Trajectory) else None
         if steps is None:

@@ -1,8 +1,10 @@
 """Show a :class:`~asymrnr_fx.schedules.schedule.Schedule`: a text table and a heat-map PNG.
 
-The table groups consecutive steps that use the same per-site ratios (one column per
-group, i.e. per compiled phase), so even a 50-step schedule prints exactly in a few
-columns. The PNG draws layers x steps for Q and K/V side by side with pillow alone.
+The table groups consecutive steps that use the same per-site ratios and block reuse (one
+column per group), so even a 50-step schedule prints exactly in a few columns. The PNG draws
+layers x steps for Q and K/V side by side with pillow alone. A block reused at a step (a
+schedule's ``reuse`` table, block ``i`` holding site ``i``) is ``R`` in the table and orange in
+the PNG.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ __all__ = ["step_runs", "format_summary", "format_table", "format_schedule", "he
 
 # Colour ramp from 0 (pale) to 1 (dark): a viridis-like sequence of stops, so that ratio
 # differences read as lightness differences also in grey-scale print.
+REUSED = (230, 85, 13)
+"""Colour of a reused block's cells in the heat map (outside the ratio ramp)."""
+
 _RAMP = [
     (0.0, (247, 247, 240)),
     (0.15, (199, 233, 180)),
@@ -33,7 +38,7 @@ _RAMP = [
 def step_runs(schedule: Schedule | Sequence[Any]) -> list[tuple[int, int]]:
     """Maximal runs ``[start, stop)`` of consecutive steps with identical ratios (of a
     schedule, or of a list holding each step's ratios)."""
-    rows = ([schedule.ratios_at(s) for s in range(schedule.num_steps)]
+    rows = ([(schedule.ratios_at(s), schedule.reuse_at(s)) for s in range(schedule.num_steps)]
             if isinstance(schedule, Schedule) else list(schedule))
     runs: list[tuple[int, int]] = []
     start = 0
@@ -75,6 +80,9 @@ def format_summary(schedule: Schedule) -> str:
         rows, headers=["component", "cells reduced", "mean where reduced", "max", "mean overall"],
         tablefmt="simple", disable_numparse=True,
     )
+    if schedule.reuse is not None:
+        head += (f"\nblock reuse: {100 * schedule.reused_share():.1f}% of (step, block) cells of "
+                 f"{schedule.num_blocks} blocks add their last residual instead of running")
     return head + "\n" + table
 
 
@@ -102,9 +110,24 @@ def format_table(schedule: Schedule, max_columns: int = 16) -> str:
         row: list[object] = [i]
         for a, _ in runs:
             q, kv = schedule.q[a][i], schedule.kv[a][i]
-            row.append("." if q == kv == 0 else f"{_ratio(q)}/{_ratio(kv)}")
+            if _reused(schedule, a, i):
+                row.append("R")
+            else:
+                row.append("." if q == kv == 0 else f"{_ratio(q)}/{_ratio(kv)}")
         rows.append(row)
-    return "cells are Q/K-V ratios ('.' = not reduced)\n" + tabulate(rows, headers=headers, disable_numparse=True)
+    legend = "cells are Q/K-V ratios ('.' = not reduced"
+    legend += ", 'R' = the block is reused)" if schedule.reuse is not None else ")"
+    table = tabulate(rows, headers=headers, disable_numparse=True)
+    if schedule.reuse is not None and schedule.num_blocks != schedule.num_layers:
+        reuse_rows = [[b] + ["R" if schedule.reuse[a][b] else "." for a, _ in runs] for b in range(schedule.num_blocks)]
+        table += "\n\nblock reuse per block ('R' = reused)\n" + tabulate(
+            reuse_rows, headers=["block"] + headers[1:], disable_numparse=True)
+    return legend + "\n" + table
+
+
+def _reused(schedule: Schedule, step: int, layer: int) -> bool:
+    """Whether the block holding ``layer`` is reused at ``step`` (block ``i`` holds site ``i``)."""
+    return schedule.reuse is not None and schedule.num_blocks == schedule.num_layers and schedule.reuse[step][layer]
 
 
 def format_schedule(schedule: Schedule, max_columns: int = 16) -> str:
@@ -144,7 +167,8 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
     """Draw Q and K/V ratios as two layers x steps heat maps; save to ``path`` if given.
 
     Rows are attention sites (site 0, the shallowest, at the top), columns are steps
-    (step 0, the noisiest, at the left); a colour bar maps ratio 0-1.
+    (step 0, the noisiest, at the left); a colour bar maps ratio 0-1; a reused block's cells
+    are orange.
     """
     L, S = schedule.num_layers, schedule.num_steps
     cw = max(3, min(60, 480 // S))
@@ -165,7 +189,8 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
         for s in range(S):
             for i in range(L):
                 d.rectangle([x0 + s * cw, top + i * ch, x0 + (s + 1) * cw - 1,
-                             top + (i + 1) * ch - 1], fill=_colour(table[s][i]),
+                             top + (i + 1) * ch - 1],
+                            fill=REUSED if _reused(schedule, s, i) else _colour(table[s][i]),
                             # cell borders only where cells are big enough to need them
                             outline=(255, 255, 255) if min(cw, ch) >= 10 else None)
         d.rectangle([x0 - 1, top - 1, x0 + pw, top + ph], outline="black")
@@ -190,6 +215,9 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
         y = top + round(v * (ph - 1))
         d.text((bx + bar_w + 4, y), f"{v:g}", fill="black", font=small, anchor="lm")
     d.text((bx + bar_w // 2, top - 6), "ratio", fill="black", font=small, anchor="mb")
+    if schedule.reuse is not None:
+        d.rectangle([bx, top + ph + 8, bx + bar_w, top + ph + 8 + 12], fill=REUSED, outline="black")
+        d.text((bx + bar_w + 4, top + ph + 14), "reused", fill="black", font=small, anchor="lm")
     if path is not None:
         from ..files import atomic_path
 
