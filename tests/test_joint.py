@@ -121,7 +121,7 @@ def test_options_are_priced_apart() -> None:
     assert math.isclose(opts.full, full)
     kinds = list(opts.kind)
     unit = 1 * 3 + 2  # group 1 (steps 3-5), block 2
-    nothing = kinds.index(("tokens", -1, -1))
+    nothing = kinds.index(("tokens", 0.0, 0.0))
     assert float(opts.cost[unit, nothing]) == pytest.approx(3 * (1.0 + 3.0)) and opts.damage[unit, nothing] == 0
     # Reuse with period 3 computes only step 3 of the window, uncut: the block's full work once.
     every_third = kinds.index(("reuse", 3))
@@ -130,7 +130,7 @@ def test_options_are_priced_apart() -> None:
     # K/V cut to 0.5 at every step of the group: attention scales with the kept pairs.
     n, t = 256, 8
     kept = table.reduction.kept(0.5)
-    half = kinds.index(("tokens", -1, 0))
+    half = kinds.index(("tokens", 0.0, 0.5))
     assert float(opts.cost[unit, half]) == pytest.approx(3 * (1.0 + 3.0 * (t + n) * (t + kept) / (t + n) ** 2))
 
 
@@ -198,7 +198,7 @@ def test_without_reuse_only_tokens_are_chosen_and_token_only_tables_still_fit() 
 def test_to_schedule_writes_reuse_cells_by_period() -> None:
     table = _synthetic([1e-3])
     opts = options(table)
-    choice = torch.full((len(table.groups) * 3,), opts.kind.index(("tokens", -1, -1)))
+    choice = torch.full((len(table.groups) * 3,), opts.kind.index(("tokens", 0.0, 0.0)))
     choice[0] = opts.kind.index(("reuse", 2))  # group 0, block 0: steps 0-2, computed at 0 and 2
     from asymrnr_fx.schedules.joint import JointChoice
 

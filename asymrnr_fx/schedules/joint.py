@@ -4,8 +4,7 @@ Reads a sensitivity :class:`~asymrnr_fx.schedules.damage.DamageTable` with its c
 measured, its block-reuse damage). A *unit* is one (step group, block); block ``b`` holds
 attention site ``b``. Each unit takes exactly one *option*:
 
-* a token cut: Q at one measured level and K/V at one (ratio 0 included) at every step of the
-  group; damage is the sum of the two components' measured damage, cost the block's work plus
+* a token cut: one Q ratio and one K/V ratio (0 included) at every step of the group; damage is the sum of the two components' measured damage, cost the block's work plus
   its attention at the kept counts (attention cost scales with ``(text + kept_q) x (text +
   kept_kv)``);
 * reuse with a measured period ``p``: the block computes, uncut, at the refresh window's steps
@@ -18,8 +17,9 @@ price ``lam`` every unit takes the option with the least ``damage + lam x cost``
 never chooses a costlier option in any unit, so total cost falls and predicted damage rises
 monotonically with it. A PSNR target is met by the largest price whose predicted error stays
 within it, a speed target by the smallest price whose predicted cost meets it (bisection on the
-log of the price); then the units that differ from the next price's choice are switched, most
-saving per damage first, while the target still holds.
+log of the price); then greedy moves of one unit at a time use what the target leaves (most cost
+saved per damage added, or most damage removed per cost added). Token cuts may take any ratio
+on a :data:`TOKEN_STEP` grid up to the largest measured level (damage linear between levels).
 
 Cost is the measurement's timing table on its machine (``cost="seconds"``, default) or its FLOPs.
 """
@@ -43,7 +43,7 @@ COSTS = ("seconds", "flops")
 @dataclass(frozen=True)
 class Options:
     """Every unit's options: ``damage`` and ``cost`` are ``(units, options)``; option ``j`` is
-    ``kind[j]``: ``("tokens", q_level, kv_level)`` (level -1: ratio 0) or ``("reuse", period)``.
+    ``kind[j]``: ``("tokens", q_ratio, kv_ratio)`` or ``("reuse", period)``.
     Unit ``u`` is group ``u // blocks``, block ``u % blocks``. ``fixed`` is the cost outside the
     blocks over the generation; ``full`` the cost of the generation with nothing saved."""
 
@@ -68,15 +68,29 @@ def _step_costs(table: DamageTable, cost: str) -> dict[str, Any]:
     return costs
 
 
+TOKEN_STEP = 0.05
+"""Spacing of the token-cut ratios a unit may take between 0 and its largest measured level
+(damage between measured levels is linear in the tokens removed, as the allocation takes it)."""
+
+
+def token_ratios(table: DamageTable, comp: str) -> list[float]:
+    """The ratios a unit's ``comp`` may take: 0, every :data:`TOKEN_STEP`, and the measured levels."""
+    top = max(table.levels[comp])
+    grid = {round(k * TOKEN_STEP, 6) for k in range(1, int(top / TOKEN_STEP) + 1)}
+    kept_seen: dict[int, float] = {}
+    for ratio in sorted(grid | set(table.levels[comp])):
+        kept_seen.setdefault(table.reduction.kept(ratio), ratio)  # one ratio per kept count
+    return [0.0] + sorted(kept_seen.values())
+
+
 def options(table: DamageTable, *, reuse: bool = True, cost: str = "seconds") -> Options:
     """The options of every unit of ``table`` (block reuse only where measured and ``reuse``)."""
     if table.method != "sensitivity":
         raise ValueError(f"a PSNR or speed target needs a sensitivity measurement (this one is {table.method!r})")
     costs = _step_costs(table, cost)
     red, t, n = table.reduction, table.text_tokens, table.reduction.num_video
-    kept = {c: [n] + [red.kept(r) for r in table.levels[c]] for c in COMPONENTS}
-    kinds: list[tuple] = [("tokens", iq - 1, ikv - 1) for iq in range(len(kept["q"]))
-                          for ikv in range(len(kept["kv"]))]
+    ratios = {c: token_ratios(table, c) for c in COMPONENTS}
+    kinds: list[tuple] = [("tokens", rq, rkv) for rq in ratios["q"] for rkv in ratios["kv"]]
     periods = table.reuse_periods if reuse and table.reuse is not None else ()
     kinds += [("reuse", p) for p in periods]
     damage, price = [], []
@@ -86,9 +100,10 @@ def options(table: DamageTable, *, reuse: bool = True, cost: str = "seconds") ->
             d_row, c_row = [], []
             for kind in kinds:
                 if kind[0] == "tokens":
-                    _, iq, ikv = kind
-                    dmg = sum(max(0.0, float(table.damage[c][g, b, i])) for c, i in (("q", iq), ("kv", ikv)) if i >= 0)
-                    share = (t + kept["q"][iq + 1]) * (t + kept["kv"][ikv + 1]) / (t + n) ** 2
+                    _, rq, rkv = kind
+                    kq, kkv = red.kept(rq), red.kept(rkv)
+                    dmg = sum(max(0.0, table.at(c, g, b, k)) for c, r, k in (("q", rq, kq), ("kv", rkv, kkv)) if r > 0)
+                    share = (t + kq) * (t + kkv) / (t + n) ** 2
                     d_row.append(dmg)
                     c_row.append(len(steps) * (block + attention * share))
                 else:
@@ -156,22 +171,31 @@ def _bisect(opts: Options, ok: Any, want_large: bool, iterations: int = 200) -> 
     return choose(opts, 10 ** feasible), choose(opts, 10 ** other)
 
 
-def _fill(feasible: JointChoice, nxt: JointChoice, ok: Any) -> JointChoice:
-    """Switch units of ``feasible`` to their option in ``nxt``, most cost saved per damage
-    added first, while ``ok`` still holds."""
-    opts, choice = feasible.options, feasible.choice.clone()
-    differ = (feasible.choice != nxt.choice).nonzero().flatten().tolist()
-
-    def delta(u: int) -> tuple[float, float]:
-        a, b = int(feasible.choice[u]), int(nxt.choice[u])
-        return float(opts.damage[u, b] - opts.damage[u, a]), float(opts.cost[u, a] - opts.cost[u, b])
-
-    for u in sorted(differ, key=lambda u: (delta(u)[0] / max(delta(u)[1], 1e-300), u)):
-        trial = choice.clone()
-        trial[u] = nxt.choice[u]
-        if ok(JointChoice(opts, trial)):
-            choice = trial
-    return JointChoice(opts, choice)
+def _improve(choice: JointChoice, *, max_mse: float | None, max_cost: float | None) -> JointChoice:
+    """Greedy moves from a feasible choice, one unit at a time: under a quality target, to a
+    cheaper option with the most cost saved per damage added that still fits the target; under
+    a speed target, to a less damaging option with the most damage removed per cost added that
+    still fits. The price's choice lies on each unit's lower hull; these moves reach the options
+    between hull corners that the target's exact value calls for."""
+    opts, current = choice.options, choice.choice.clone()
+    rows = torch.arange(len(current))
+    while True:
+        here = JointChoice(opts, current)
+        d_now = opts.damage[rows, current][:, None]
+        c_now = opts.cost[rows, current][:, None]
+        if max_mse is not None:
+            added, saved = opts.damage - d_now, c_now - opts.cost
+            fits = (saved > 0) & (added <= max_mse - here.damage)
+            score = saved / added.clamp_min(1e-300)
+        else:
+            removed, added = d_now - opts.damage, opts.cost - c_now
+            fits = (removed > 0) & (added <= max_cost - here.cost)
+            score = removed / added.clamp_min(1e-300)
+        if not fits.any():
+            return here
+        score = torch.where(fits, score, torch.full_like(score, -math.inf))
+        best = int(score.flatten().argmax())
+        current[best // opts.damage.shape[1]] = best % opts.damage.shape[1]
 
 
 def allocate_joint(table: DamageTable, *, max_mse: float | None = None, max_cost: float | None = None,
@@ -185,12 +209,12 @@ def allocate_joint(table: DamageTable, *, max_mse: float | None = None, max_cost
     if max_mse is not None:
         def ok(c: JointChoice) -> bool:
             return c.damage <= max_mse
-        feasible, nxt = _bisect(opts, ok, want_large=True)
+        feasible, _ = _bisect(opts, ok, want_large=True)
     else:
         def ok(c: JointChoice) -> bool:
             return c.cost <= max_cost
-        feasible, nxt = _bisect(opts, ok, want_large=False)
-    return _fill(feasible, nxt, ok) if ok(feasible) else feasible
+        feasible, _ = _bisect(opts, ok, want_large=False)
+    return _improve(feasible, max_mse=max_mse, max_cost=max_cost) if ok(feasible) else feasible
 
 
 def to_schedule(table: DamageTable, joint: JointChoice, *, name: str | None = None,
@@ -205,8 +229,7 @@ def to_schedule(table: DamageTable, joint: JointChoice, *, name: str | None = No
         kind = opts.kind[j]
         group = table.groups[g]
         if kind[0] == "tokens":
-            for comp, level in (("q", kind[1]), ("kv", kind[2])):
-                ratio = table.levels[comp][level] if level >= 0 else 0.0
+            for comp, ratio in (("q", kind[1]), ("kv", kind[2])):
                 for s in group:
                     rows[comp][s][b] = ratio
         else:
