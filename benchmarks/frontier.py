@@ -241,6 +241,29 @@ def render(result: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+SUMMARY = "frontier-summary"
+KINDS = (("asymrnr", "AsymRnR alone"), ("cache", "a step cache alone"), ("blind", "cache + AsymRnR, tuned apart"),
+         ("joint", "joint (tokens + block reuse)"))
+
+
+def summary(result: dict[str, Any], floor: float = BLIND_TARGET) -> str:
+    """Per step count and kind, the fastest setting whose held-out PSNR is at least ``floor``
+    (Markdown; the README's compact view of :func:`render`)."""
+    from tabulate import tabulate
+
+    rows = []
+    for block in result["runs"]:
+        row = [f"{block['steps']} steps"]
+        for kind, _ in KINDS:
+            ok = [r for r in block["rows"] if r["kind"] == kind and r["psnr_mean"] is not None
+                  and r["psnr_mean"] >= floor]
+            best = max(ok, key=lambda r: r["speedup"], default=None)
+            row.append("none" if best is None else f"{best['speedup']:.2f}x at {best['psnr_mean']:.1f} dB")
+        rows.append(row)
+    return tabulate(rows, headers=[f"fastest at >= {floor:g} dB held out"] + [label for _, label in KINDS],
+                    tablefmt="github", disable_numparse=True)
+
+
 def _digest(result: dict[str, Any]) -> str:
     """What the plot is drawn from (written into the PNG, checked in CI)."""
     points = [[b["steps"], r["setting"], r["speedup"], r["psnr_mean"]] for b in result["runs"] for r in b["rows"]]
@@ -274,7 +297,7 @@ def plot(result: dict[str, Any], path: Path = OUT_PNG) -> Path:
         ax.set_ylabel("speedup over Inductor (compiled, CPU)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="upper right", fontsize=8)
-    fig.suptitle("small model: speed/quality frontier (up and left is better; dotted: 33 dB)")
+    fig.suptitle("small model: speed/quality frontier (up and right is better; dotted: 33 dB)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Description": f"benchmarks/frontier.py data sha256 {_digest(result)}"})
@@ -314,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     if out == OUT_JSON:
         write_section(SECTION, render(result))
+        write_section(SUMMARY, summary(result))
         print(f"wrote the {SECTION} tables and {plot(result)}", file=sys.stderr)
     return 0
 

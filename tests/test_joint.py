@@ -205,3 +205,28 @@ def test_to_schedule_writes_reuse_cells_by_period() -> None:
     schedule = to_schedule(table, JointChoice(opts, choice))
     assert [row[0] for row in schedule.reuse] == [False, True, False, False, False, False]
     assert table.predicted_mse(schedule) == pytest.approx(float(table.reuse[0, 0, 0]))
+
+
+def test_targets_from_python_on_a_trajectory_run_under_apply(tiny) -> None:
+    """measure(..., reuse_periods) on a Trajectory, fit to a speed and a PSNR target, and the
+    schedule runs under apply: it reuses blocks, cuts tokens and recompiles nothing."""
+    reduction = Reduction(tiny.grid, (2, 2, 2), seed=3, cache_interval=CACHE)
+    table = measure(tiny.model, simple_sampler(tiny.model, tiny.inputs, STEPS), reduction, text_side="before",
+                    probes=1, reuse_periods=PERIODS)
+    assert table.reuse is not None and tuple(table.reuse.shape) == (2, 2, 2)
+    assert DamageTable.from_dict(table.to_dict()).reuse_periods == PERIODS
+    fast = fit_to_speedup(table, 1.5)
+    assert fast.stats["predicted_speedup"] >= 1.5 and fast.schedule.reuse is not None
+    scale = float(run_trajectory(simple_sampler(tiny.model, tiny.inputs, STEPS)).abs().max())
+    by_psnr = fit_to_psnr(table, 25.0, data_range=2 * scale)
+    assert by_psnr.stats["predicted_psnr"] >= 25.0
+    torch._dynamo.reset()
+    model = build_tiny("cogvideox", batch=2, seed=0).model
+    asymrnr_fx.apply(model, schedule=fast.schedule, inner="eager")
+    (state,) = asymrnr_fx.states_of(model)
+    with torch.no_grad():
+        run_trajectory(simple_sampler(model, tiny.inputs, STEPS))
+        state.reset()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            run_trajectory(simple_sampler(model, tiny.inputs, STEPS))
+    assert state.stats["blocks_reused"] > 0

@@ -65,6 +65,18 @@ def _leftover(document: dict) -> str:
     return render(document)
 
 
+def _frontier(document: dict) -> str:
+    from benchmarks.frontier import render
+
+    return render(document)
+
+
+def _frontier_summary(document: dict) -> str:
+    from benchmarks.frontier import summary
+
+    return summary(document)
+
+
 def _speed(document: dict) -> str:
     from benchmarks.speed import format_tables
 
@@ -80,6 +92,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str], str]] = {
     "quality": ("quality.json", _quality, "python -m benchmarks.quality --threads 2"),
     "calibration": ("calibration.json", _calibration, "python -m benchmarks.calibration --threads 2"),
     "leftover": ("leftover.json", _leftover, "python -m benchmarks.leftover --threads 2"),
+    "frontier": ("frontier.json", _frontier, "python -m benchmarks.frontier --threads 2"),
+    "frontier-summary": ("frontier.json", _frontier_summary, "python -m benchmarks.frontier --threads 2"),
     "speed-small": ("speed_small.json", _speed,
                     "python -m benchmarks.speed --preset small --schedule benchmarks/results/schedules/small-cut0.35.json "
                     "--isolate-compile --threads 2 --repeats 3 --out benchmarks/results/speed_small.json --readme"),
@@ -103,3 +117,14 @@ def test_readme_presets_table_is_what_the_presets_render() -> None:
     assert read_section("presets") == render().strip(), (
         "docs/schedules.md's presets table is not what the shipped presets render: run "
         "`python -m benchmarks.presets_table`")
+
+
+def test_the_frontier_plot_is_drawn_from_the_checked_in_results(tmp_path) -> None:
+    from benchmarks.frontier import OUT_JSON, OUT_PNG, _digest, plot, plot_digest
+
+    document = json.loads(OUT_JSON.read_text())
+    assert plot_digest(OUT_PNG) == _digest(document), (
+        "docs/frontier.png was not drawn from benchmarks/results/frontier.json: run "
+        "`python -m benchmarks.frontier --plot-only`")
+    redrawn = plot(document, tmp_path / "frontier.png")  # the command still draws it
+    assert plot_digest(redrawn) == _digest(document)
