@@ -3,7 +3,9 @@
 A schedule with a ``reuse`` table (:class:`~asymrnr_fx.schedules.schedule.Schedule`) names, per
 denoising step and transformer block, the blocks that are not run: such a block returns its input
 plus the residual (output minus input) it computed at its last computed step of the same
-generation and CFG branch, as FORA / Delta-DiT style caches do. Calibration chooses these
+generation and CFG branch (cell 1, as FORA / Delta-DiT style caches do), or that residual
+extrapolated linearly from its last two computed steps (cell 2, the first-order prediction of
+TaylorSeer). Calibration chooses these
 decisions together with the token cuts, priced in the same predicted output error
 (:mod:`asymrnr_fx.schedules.joint`).
 
@@ -28,7 +30,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .fences import cache_hooks_of
 
 __all__ = ["HOOK_NAME", "BlockReuseHook", "reuse_blocks", "block_metadata", "block_inputs", "block_outputs",
-           "residuals", "check", "install", "uninstall"]
+           "residuals", "predicted", "check", "install", "uninstall"]
 
 HOOK_NAME = "asymrnr_block_reuse"
 
@@ -83,15 +85,28 @@ class BlockReuseHook(ModelHook):
         state = self.state
         inputs = block_inputs(self.metadata, args, kwargs)
         key = (self.index, state.tracker.branch_name, *(tuple(x.shape) for x in inputs))
-        cached = state.block_residuals.get(key)
-        if cached is not None and state.reuse_now(self.index):
+        history = state.block_residuals.get(key)
+        mode = state.reuse_mode(self.index) if history else 0
+        if mode:
             state.stats["blocks_reused"] += 1
-            return block_output(self.metadata, [x + r for x, r in zip(inputs, cached, strict=True)])
+            residual = predicted(history, state.step) if mode == 2 else history[-1][1]
+            return block_output(self.metadata, [x + r for x, r in zip(inputs, residual, strict=True)])
         output = self.fn_ref.original_forward(*args, **kwargs)
         state.stats["blocks_computed"] += 1
         if state.reuses_later(self.index):
-            state.block_residuals[key] = residuals(self.metadata, inputs, output)
+            state.block_residuals[key] = [*(history or [])[-1:], (state.step, residuals(self.metadata, inputs, output))]
         return output
+
+
+def predicted(history: list[tuple[int, tuple[torch.Tensor, ...]]], step: int) -> tuple[torch.Tensor, ...]:
+    """The residual at ``step`` extrapolated linearly from the last two computed ``(step,
+    residuals)`` (the last one alone when there is one)."""
+    (s1, r1) = history[-1]
+    if len(history) < 2:
+        return r1
+    (s0, r0) = history[-2]
+    slope = (step - s1) / (s1 - s0)
+    return tuple(a + (a - b) * slope for a, b in zip(r1, r0, strict=True))
 
 
 def block_inputs(metadata: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:

@@ -137,9 +137,9 @@ class AsymRnRState:
         self.tracker = StepTracker()
         self.tracker.num_steps = self.config.num_steps
         self.cache: dict[tuple[int, str, str | int], CacheEntry] = {}
-        # Residuals of the blocks a schedule reuses (asymrnr_fx.block_reuse), per block, branch
-        # and input shapes: they never outlive their generation.
-        self.block_residuals: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # The last two computed (step, residuals) of the blocks a schedule reuses
+        # (asymrnr_fx.block_reuse), per block, branch and input shapes: never outliving their generation.
+        self.block_residuals: dict[tuple, list[tuple[int, tuple[torch.Tensor, ...]]]] = {}
         self.stats: Counter[str] = Counter()
         self.refresh_steps: list[int] = []
         # Sites run in this generation, how many calls reduced any, and the steps it ran.
@@ -230,14 +230,14 @@ class AsymRnRState:
         schedule = None if source is None else source.schedule
         return schedule if schedule is not None and schedule.reuse is not None else None
 
-    def reuse_now(self, block: int) -> bool:
-        """Whether ``block`` reuses its residual at the running step (the schedule's reuse table,
-        mapped to the generation's step count as ratios are)."""
+    def reuse_mode(self, block: int) -> int:
+        """The reuse cell of ``block`` at the running step (0 compute, 1 reuse, 2 predict; the
+        schedule's reuse table mapped to the generation's step count as ratios are)."""
         schedule = self.reuse_schedule
         step, num_steps = self.step, self.num_steps
         if schedule is None or step < 0 or (num_steps is None and step >= schedule.num_steps) \
                 or (num_steps is not None and step >= num_steps):
-            return False
+            return 0
         return schedule.reuse_at(step, num_steps)[block]
 
     def reuses_later(self, block: int) -> bool:

@@ -50,24 +50,34 @@ def _generate(pipe: SimpleNamespace, inputs: dict, cfg: str, on_step=lambda i: N
 
 
 def _reuse_table(num_blocks: int) -> list[list[int]]:
-    # Block b is reused at the steps s with (s + b) % 3 != 0, from step 1 on.
-    return [[0] * num_blocks] + [[int((s + b) % 3 != 0) for b in range(num_blocks)] for s in range(1, STEPS)]
+    # Block b skips the steps s with (s + b) % 3 != 0, from step 1 on: odd blocks reuse their
+    # last residual (1), even blocks extrapolate it from their last two computed steps (2).
+    return [[0] * num_blocks] + [[(2 if b % 2 == 0 else 1) * int((s + b) % 3 != 0) for b in range(num_blocks)]
+                                 for s in range(1, STEPS)]
 
 
 def _reference(pipe: SimpleNamespace, inputs: dict, cfg: str, table: list[list[int]]) -> torch.Tensor:
-    """Reuse written out by hand on the eager model: a reused block returns its input plus the
-    residual of its last computed step in the same branch (Wan's blocks return hidden states)."""
+    """Reuse written out by hand on the eager model: a skipped block returns its input plus the
+    residual of its last computed step in the same branch (cell 1), or that residual moved on
+    along the line through its last two computed residuals (cell 2); Wan's blocks return hidden
+    states."""
     where = {"step": 0, "branch": None}
-    residuals: dict[tuple[int, str], torch.Tensor] = {}
+    computed: dict[tuple[int, str], list[tuple[int, torch.Tensor]]] = {}
     for b, block in enumerate(reuse_blocks(pipe.transformer)):
         original = block.forward
 
         def forward(hidden_states, *args, _b=b, _original=original, **kwargs):  # noqa: ANN001, ANN202
-            key = (_b, where["branch"])
-            if table[where["step"]][_b] and key in residuals:
-                return hidden_states + residuals[key]
+            key, step = (_b, where["branch"]), where["step"]
+            seen = computed.get(key, [])
+            cell = table[step][_b]
+            if cell and seen:
+                (s1, r1) = seen[-1]
+                if cell == 2 and len(seen) > 1:
+                    (s0, r0) = seen[-2]
+                    return hidden_states + r1 + (r1 - r0) / (s1 - s0) * (step - s1)
+                return hidden_states + r1
             out = _original(hidden_states, *args, **kwargs)
-            residuals[key] = out - hidden_states
+            computed[key] = [*seen, (step, out - hidden_states)]
             return out
 
         block.forward = forward
@@ -93,7 +103,7 @@ def test_compiled_reuse_is_the_reference_and_recompiles_nothing(cfg: str) -> Non
     first = _generate(pipe, inputs, cfg)
     torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-5)
     forwards = STEPS * (1 if cfg == "batched" else 2)
-    reused = sum(map(sum, table)) * forwards // STEPS
+    reused = sum(v != 0 for row in table for v in row) * forwards // STEPS
     assert state.stats["blocks_reused"] == reused
     assert state.stats["blocks_computed"] == blocks * forwards - reused
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -154,14 +164,14 @@ def test_schema_2_round_trips_and_schema_1_still_loads(tmp_path) -> None:  # noq
     plain = Schedule(2, STEPS, schedule.q, schedule.kv)
     assert plain.to_dict()["schema_version"] == 1  # older readers still read token-only files
     assert Schedule.from_dict(plain.to_dict()) == plain
-    assert schedule.reuse_at(0) == (False,) * 3 and schedule.reuse_at(1) == tuple(bool(v) for v in table[1])
-    assert schedule.mapped(num_steps=4).reuse_at(0) == (False,) * 3
+    assert schedule.reuse_at(0) == (0,) * 3 and schedule.reuse_at(1) == tuple(table[1])
+    assert schedule.mapped(num_steps=4).reuse_at(0) == (0,) * 3
 
 
 @pytest.mark.parametrize(("reuse", "message"), [
     ([[1, 0]] + [[0, 0]] * (STEPS - 1), "reuse\\[0\\] marks a block reused at the first step"),
     ([[0, 0]] * (STEPS - 1), "reuse has 7 rows but num_steps=8"),
-    ([[0, 0]] + [[0, 2]] * (STEPS - 1), "reuse\\[1\\]\\[1\\]=2 is invalid"),
+    ([[0, 0]] + [[0, 3]] * (STEPS - 1), "reuse\\[1\\]\\[1\\]=3 is invalid"),
     ([[0, 0]] + [[0]] * (STEPS - 1), "rows of equal length"),
 ])
 def test_bad_reuse_tables_name_the_cell(reuse: list, message: str) -> None:

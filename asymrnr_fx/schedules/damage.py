@@ -128,8 +128,9 @@ class DamageTable:
     ``damage[c]`` is a float64 tensor ``(groups, layers, levels[c])``; ``text_tokens`` is the
     text segment of the attention sequence (it counts in the FLOPs, never reduced).
     ``reuse`` (when block reuse was measured) is ``(groups, blocks, len(reuse_periods))``: the
-    damage of reusing a block with each period (:func:`reuse_computes`) over a group; block ``i``
-    holds attention site ``i``. ``costs`` are what one step of the calibration batch costs, under
+    damage of reusing a block with each period (:func:`reuse_computes`) over a group, and
+    ``predict`` the same with the residual extrapolated (schedule cell 2); block ``i`` holds
+    attention site ``i``. ``costs`` are what one step of the calibration batch costs, under
     ``"flops"`` and ``"seconds"`` (on the machine that measured): ``other`` (outside the blocks),
     ``block`` (per block, attention excluded) and ``attention`` (per site, full attention).
     """
@@ -147,6 +148,7 @@ class DamageTable:
     reuse_periods: tuple[int, ...] = ()
     reuse: torch.Tensor | None = None
     costs: Mapping[str, Any] | None = None
+    predict: torch.Tensor | None = None
 
     def kept_points(self, comp: str) -> list[int]:
         """Kept tokens at ratio 0 and at every level of ``comp``."""
@@ -175,9 +177,15 @@ class DamageTable:
                     if ratio > 0:
                         total += self.at(comp, g, layer, self.reduction.kept(ratio))
             for block in range(getattr(schedule, "num_blocks", 0)):
-                reused = [schedule.reuse_at(s, self.num_steps)[block] for s in steps]
-                if any(reused):
-                    total += float(self.reuse[g, block, self._period_of(reused, steps)])
+                cells = [schedule.reuse_at(s, self.num_steps)[block] for s in steps]
+                if any(cells):
+                    k = self._period_of([bool(c) for c in cells], steps)
+                    modes = {c for c in cells if c}
+                    table = self.predict if modes == {2} else self.reuse if modes == {1} else None
+                    if table is None:
+                        raise ValueError(f"the schedule mixes reuse and predict cells in one step group of block "
+                                         f"{block} (steps {steps.start}-{steps.stop - 1}): not a priced option")
+                    total += float(table[g, block, k])
         return total
 
     def _period_of(self, reused: list[bool], steps: range) -> int:
@@ -201,6 +209,7 @@ class DamageTable:
             "clips": self.clips, "meta": dict(self.meta or {}),
             **({"reuse_periods": list(self.reuse_periods), "reuse": self.reuse.tolist()}
                if self.reuse is not None else {}),
+            **({"predict": self.predict.tolist()} if self.predict is not None else {}),
             **({"costs": dict(self.costs)} if self.costs is not None else {}),
         }
 
@@ -219,7 +228,8 @@ class DamageTable:
                 int(data.get("clips", 1)), dict(data.get("meta") or {}),
                 tuple(int(p) for p in data.get("reuse_periods", ())),
                 torch.tensor(data["reuse"], dtype=torch.float64) if "reuse" in data else None,
-                dict(data["costs"]) if "costs" in data else None)
+                dict(data["costs"]) if "costs" in data else None,
+                torch.tensor(data["predict"], dtype=torch.float64) if "predict" in data else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a calibration measurement ({type(exc).__name__}: {exc}): write "
                              "one with `asymrnr calibrate` or DamageTable.to_dict()") from None
@@ -228,7 +238,9 @@ class DamageTable:
             if tuple(table.damage[c].shape) != want:
                 raise ValueError(f"damage[{c!r}] has shape {tuple(table.damage[c].shape)}, expected "
                                  f"{want} (groups, layers, levels)")
-        if table.reuse is not None and tuple(table.reuse.shape) != (len(table.groups), table.num_layers,
-                                                                  len(table.reuse_periods)):
-            raise ValueError(f"reuse has shape {tuple(table.reuse.shape)}, expected (groups, blocks, periods)")
+        for name in ("reuse", "predict"):
+            value = getattr(table, name)
+            if value is not None and tuple(value.shape) != (len(table.groups), table.num_layers,
+                                                            len(table.reuse_periods)):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected (groups, blocks, periods)")
         return table

@@ -7,9 +7,10 @@ attention site ``b``. Each unit takes exactly one *option*:
 * a token cut: one Q ratio and one K/V ratio (0 included) at every step of the group; damage is the sum of the two components' measured damage, cost the block's work plus
   its attention at the kept counts (attention cost scales with ``(text + kept_q) x (text +
   kept_kv)``);
-* reuse with a measured period ``p``: the block computes, uncut, at the refresh window's steps
-  ``0, p, 2p, ...`` and adds its last residual at the others; damage is the measured reuse
-  damage, cost the block's full work at the computed steps only. A reused block has no attention
+* reuse or predict with a measured period ``p``: the block computes, uncut, at the refresh
+  window's steps ``0, p, 2p, ...`` and adds its last residual (reuse) or that residual
+  extrapolated from its last two computed steps (predict) at the others; damage is the
+  measured damage of that choice, cost the block's full work at the computed steps only. A reused block has no attention
   to cut at the steps it skips, so the two never combine in one unit: they are priced apart.
 
 Units are taken as independent (their damages add, as in the token-only allocation). For a
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from .damage import COMPONENTS, DamageTable, reuse_computes, reuse_pattern
-from .schedule import Schedule
+from .schedule import PREDICT, REUSE, Schedule
 
 __all__ = ["COSTS", "Options", "JointChoice", "options", "choose", "allocate_joint", "to_schedule"]
 
@@ -43,7 +44,7 @@ COSTS = ("seconds", "flops")
 @dataclass(frozen=True)
 class Options:
     """Every unit's options: ``damage`` and ``cost`` are ``(units, options)``; option ``j`` is
-    ``kind[j]``: ``("tokens", q_ratio, kv_ratio)`` or ``("reuse", period)``.
+    ``kind[j]``: ``("tokens", q_ratio, kv_ratio)``, ``("reuse", period)`` or ``("predict", period)``.
     Unit ``u`` is group ``u // blocks``, block ``u % blocks``. ``fixed`` is the cost outside the
     blocks over the generation; ``full`` the cost of the generation with nothing saved."""
 
@@ -92,7 +93,8 @@ def options(table: DamageTable, *, reuse: bool = True, cost: str = "seconds") ->
     ratios = {c: token_ratios(table, c) for c in COMPONENTS}
     kinds: list[tuple] = [("tokens", rq, rkv) for rq in ratios["q"] for rkv in ratios["kv"]]
     periods = table.reuse_periods if reuse and table.reuse is not None else ()
-    kinds += [("reuse", p) for p in periods]
+    kinds += [(mode, p) for mode in ("reuse", "predict") for p in periods
+              if getattr(table, mode) is not None]
     damage, price = [], []
     for g, steps in enumerate(table.groups):
         for b in range(table.num_layers):
@@ -109,7 +111,7 @@ def options(table: DamageTable, *, reuse: bool = True, cost: str = "seconds") ->
                 else:
                     k = table.reuse_periods.index(kind[1])
                     computed = sum(reuse_computes(s, red.cache_interval, kind[1]) for s in steps)
-                    d_row.append(max(0.0, float(table.reuse[g, b, k])))
+                    d_row.append(max(0.0, float(getattr(table, kind[0])[g, b, k])))
                     c_row.append(computed * (block + attention))
             damage.append(d_row)
             price.append(c_row)
@@ -233,8 +235,9 @@ def to_schedule(table: DamageTable, joint: JointChoice, *, name: str | None = No
                 for s in group:
                     rows[comp][s][b] = ratio
         else:
+            cell = PREDICT if kind[0] == "predict" else REUSE
             for s, reused in zip(group, reuse_pattern(group, table.reduction.cache_interval, kind[1]), strict=True):
-                reuse[s][b] = int(reused)
+                reuse[s][b] = cell if reused else 0
     any_reuse = any(map(any, reuse))
     return Schedule(blocks, steps, rows["q"], rows["kv"], name=name, meta=meta or {},
                     reuse=reuse if any_reuse else None)

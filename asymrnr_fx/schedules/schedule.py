@@ -6,10 +6,11 @@ site and step. "Layer" is the index of the attention site: the order in which th
 transformer first run in a forward (one per self-attention call, so a dual-stream block counts
 once per SDPA call); a site keeps its index when a step cache skips other blocks.
 
-A schedule may also carry *block reuse* decisions (``reuse``, ``[step][block]`` of 0/1): at a
-step marked 1 the transformer block (its repeated blocks, in forward order) is not run; it adds
-the residual (output minus input) it computed at its last computed step of the generation
-instead (:mod:`asymrnr_fx.block_reuse`, run by :func:`asymrnr_fx.apply`). Calibration chooses
+A schedule may also carry *block reuse* decisions (``reuse``, ``[step][block]`` of 0, 1 or 2): at
+a step marked 1 the transformer block is not run and adds the residual (output minus input) of
+its last computed step of the generation instead; at a step marked 2 it adds that residual
+extrapolated linearly from its last two computed steps (first order, as TaylorSeer predicts);
+0 computes (:mod:`asymrnr_fx.block_reuse`, run by :func:`asymrnr_fx.apply`). Calibration chooses
 them with the token cuts (:mod:`asymrnr_fx.schedules.joint`).
 
 Schedules are immutable and hashable (usable as keys), and they round-trip through JSON::
@@ -19,7 +20,7 @@ Schedules are immutable and hashable (usable as keys), and they round-trip throu
       "num_layers": 30, "num_steps": 50,
       "q":  [[0.0, ...], ...],      # num_steps rows of num_layers ratios
       "kv": [[0.0, ...], ...],
-      "reuse": [[0, 1, ...], ...],  # optional: num_steps rows of one 0/1 per block
+      "reuse": [[0, 1, 2, ...], ...],  # optional: num_steps rows of one 0/1/2 per block
       "name": "optional label", "meta": {"optional": "JSON object"}
     }
 
@@ -101,24 +102,30 @@ def _table(comp: str, rows: Any, num_layers: int, num_steps: int) -> tuple[tuple
     return tuple(out)
 
 
-def _reuse_table(rows: Any, num_steps: int) -> tuple[tuple[bool, ...], ...] | None:
-    """Validate the block-reuse table (None: no reuse) and freeze it as tuples of bools."""
+COMPUTE, REUSE, PREDICT = 0, 1, 2
+"""Block reuse cells: run the block; add its last residual; add the residual extrapolated from
+its last two computed steps."""
+
+
+def _reuse_table(rows: Any, num_steps: int) -> tuple[tuple[int, ...], ...] | None:
+    """Validate the block-reuse table (None: no reuse) and freeze it as tuples of 0/1/2."""
     if rows is None:
         return None
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
-        raise _fail(f"reuse must be a list of {num_steps} rows of 0/1 per block, got {rows!r}")
+        raise _fail(f"reuse must be a list of {num_steps} rows of 0/1/2 per block, got {rows!r}")
     rows = [list(row) if isinstance(row, Iterable) and not isinstance(row, (str, bytes)) else row
             for row in rows]
     if len(rows) != num_steps:
         raise _fail(f"reuse has {len(rows)} rows but num_steps={num_steps}: give one row per step")
     if any(not isinstance(row, list) for row in rows) or not rows[0] or len({len(r) for r in rows}) != 1:
-        raise _fail("reuse must hold rows of equal length, one 0/1 per transformer block")
+        raise _fail("reuse must hold rows of equal length, one 0/1/2 per transformer block")
     out = []
     for s, row in enumerate(rows):
         for b, v in enumerate(row):
-            if v not in (0, 1) or isinstance(v, float):
-                raise _fail(f"reuse[{s}][{b}]={v!r} is invalid: 1 (reuse the block's residual) or 0 (compute)")
-        out.append(tuple(bool(v) for v in row))
+            if v not in (COMPUTE, REUSE, PREDICT) or isinstance(v, (float, bool)):
+                raise _fail(f"reuse[{s}][{b}]={v!r} is invalid: 0 (compute), 1 (reuse the block's last residual) "
+                            "or 2 (extrapolate it from the last two computed steps)")
+        out.append(tuple(int(v) for v in row))
     if any(out[0]):
         raise _fail("reuse[0] marks a block reused at the first step, where nothing is cached yet: "
                     "set every reuse[0][b] to 0")
@@ -156,7 +163,7 @@ class Schedule:
     kv: tuple[tuple[float, ...], ...]
     name: str | None = field(default=None, compare=False)
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    reuse: tuple[tuple[bool, ...], ...] | None = None
+    reuse: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_count("num_layers", self.num_layers)
@@ -317,7 +324,7 @@ class Schedule:
         q = [[self.q[r][c] for c in cols] for r in rows]
         kv = [[self.kv[r][c] for c in cols] for r in rows]
         meta = {**self.meta, "mapped_from": [self.num_layers, self.num_steps]}
-        reuse = None if self.reuse is None else [self.reuse[r] if s else [False] * self.num_blocks
+        reuse = None if self.reuse is None else [self.reuse[r] if s else [COMPUTE] * self.num_blocks
                                                  for s, r in enumerate(rows)]
         return Schedule(layers, steps, q, kv, name=self.name, meta=meta, reuse=reuse)
 
@@ -340,18 +347,18 @@ class Schedule:
         """Transformer blocks the reuse table addresses (0 without one)."""
         return 0 if self.reuse is None else len(self.reuse[0])
 
-    def reuse_at(self, step: int, num_steps: int | None = None) -> tuple[bool, ...]:
-        """Per block, whether it reuses its residual at generation ``step`` (mapped as
-        :meth:`ratios_at`; the first step never reuses); ``()`` without a reuse table."""
+    def reuse_at(self, step: int, num_steps: int | None = None) -> tuple[int, ...]:
+        """Per block, its reuse cell at generation ``step`` (0 compute, 1 reuse, 2 predict;
+        mapped as :meth:`ratios_at`; the first step computes); ``()`` without a reuse table."""
         if self.reuse is None:
             return ()
-        return self.reuse[self.step_index(step, num_steps)] if step else (False,) * self.num_blocks
+        return self.reuse[self.step_index(step, num_steps)] if step else (COMPUTE,) * self.num_blocks
 
     def reused_share(self) -> float:
-        """Share of (step, block) cells that reuse (0.0 without a reuse table)."""
+        """Share of (step, block) cells that do not run the block (0.0 without a reuse table)."""
         if self.reuse is None:
             return 0.0
-        return sum(map(sum, self.reuse)) / (self.num_steps * self.num_blocks)
+        return sum(v != COMPUTE for row in self.reuse for v in row) / (self.num_steps * self.num_blocks)
 
     def distinct_phases(self) -> tuple[Ratios, ...]:
         """The distinct per-step ratio vectors (*phases*), in order of first use.

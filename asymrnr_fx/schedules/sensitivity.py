@@ -18,9 +18,12 @@ every step of a window, so their errors are correlated); units are taken as inde
 
 **Block reuse** (``reuse_periods``) is priced the same way: reusing a block with period ``p``
 inside a refresh window computes it at the window's steps ``0, p, 2p, ...`` and, at every other
-step, adds the residual (output minus input, per stream) of its last computed step instead. The
-error is that residual minus the step's own, at the block's outputs; ``g`` is the gradient of
-``u . output`` with respect to those outputs. One unit is (step group, block, period).
+step, adds the residual (output minus input, per stream) of its last computed step instead, or
+that residual extrapolated linearly from the computed step before (*predict*: ``p`` earlier in
+the window; for the window's first step, the step before it, taken as computed). The error is
+that residual minus the step's own, at the block's outputs; ``g`` is the gradient of
+``u . output`` with respect to those outputs. One unit is (step group, block, period, reuse or
+predict).
 
 **Costs** (:attr:`DamageTable.costs`): what one step of the calibration batch costs, per block
 (attention excluded), per attention site and outside the blocks, in FLOPs (``torch.utils.flop_counter``;
@@ -138,19 +141,28 @@ class _Sweep:
 
 @dataclass
 class _BlockResiduals:
-    """Every block's residual at the steps some reuse period computes (from the plain run), and
-    per probe, clip and (group, block, period) the summed ``g . e`` of reusing it (see the module
-    docs)."""
+    """Every block's residual at the steps some reuse period computes (and at each window's last
+    step) from the plain run, and per probe, clip and (group, block, period) the summed ``g . e``
+    of reusing it (``sums``) and of predicting it (``predict_sums``; see the module docs)."""
 
     reduction: Reduction
     periods: tuple[int, ...]
     group_of: list[int]
     store: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     sums: torch.Tensor | None = None
+    predict_sums: torch.Tensor | None = None
 
     def record(self, call: BlockCall) -> None:
-        if any(reuse_computes(call.step, self.reduction.cache_interval, p) for p in self.periods):
+        interval = self.reduction.cache_interval
+        if call.step % interval == interval - 1 or any(reuse_computes(call.step, interval, p) for p in self.periods):
             self.store[(call.block, call.step, call.branch)] = tuple(r.cpu() for r in call.residual())
+
+    def _previous(self, computed: int, period: int) -> int | None:
+        """The computed step before ``computed`` under ``period``: ``period`` earlier in the
+        window; the step before for a window's first step (taken as computed); none at step 0."""
+        if computed % self.reduction.cache_interval:
+            return computed - period
+        return computed - 1 if computed else None
 
     def add(self, call: BlockCall, grads: list[list[torch.Tensor]], clips: int) -> None:
         """Add ``g . e`` of every period at this block and step; ``grads[probe][stream]``."""
@@ -159,11 +171,20 @@ class _BlockResiduals:
         for k, period in enumerate(self.periods):
             if reuse_computes(call.step, self.reduction.cache_interval, period):
                 continue  # computed at this step under this period: no error
-            last = self.store[(call.block, call.step - offset % period, call.branch)]
+            last_step = call.step - offset % period
+            last = [r.to(now[0].device) for r in self.store[(call.block, last_step, call.branch)]]
+            before = self._previous(last_step, period)
+            guess = last
+            if before is not None:
+                older = [r.to(now[0].device) for r in self.store[(call.block, before, call.branch)]]
+                slope = (call.step - last_step) / (last_step - before)
+                guess = [a + (a - b) * slope for a, b in zip(last, older, strict=True)]
+            group = self.group_of[call.step]
             for probe, grad in enumerate(grads):
-                dot = sum((old.to(r.device) - r).mul(g.float()).flatten(1).sum(1).double()
-                          for old, r, g in zip(last, now, grad, strict=True))
-                self.sums[probe, :, self.group_of[call.step], call.block, k] += dot.view(-1, clips).sum(0)
+                for sums, value in ((self.sums, last), (self.predict_sums, guess)):
+                    dot = sum((v - r).mul(g.float()).flatten(1).sum(1).double()
+                              for v, r, g in zip(value, now, grad, strict=True))
+                    sums[probe, :, group, call.block, k] += dot.view(-1, clips).sum(0)
 
 
 def _plain_run(trajectory: Trajectory, calls: AttentionCalls, indices: _MatchIndices,
@@ -349,6 +370,7 @@ class _Totals:
 
     squares: dict[str, torch.Tensor] | None = None
     reuse_squares: torch.Tensor | None = None
+    predict_squares: torch.Tensor | None = None
     costs: dict | None = None
     clips: int = 0
     numel: int = 0
@@ -382,8 +404,9 @@ def _measure_batch(model: torch.nn.Module, trajectory: Trajectory, span: VideoSp
                 raise ValueError(f"{type(model).__name__} runs {totals.num_layers} attention sites in "
                                  f"{len(blocks.blocks)} blocks: block reuse is calibrated for one site per "
                                  "block; calibrate token cuts only (no reuse)")
-            residuals.sums = torch.zeros(probes, batch, max(group_of) + 1, len(blocks.blocks),
-                                         len(reuse_periods), dtype=torch.float64)
+            shape = (probes, batch, max(group_of) + 1, len(blocks.blocks), len(reuse_periods))
+            residuals.sums = torch.zeros(shape, dtype=torch.float64)
+            residuals.predict_sums = torch.zeros(shape, dtype=torch.float64)
         sweep = _Sweep(indices.reduction, indices, group_of, batch, totals.num_layers, probes)
         _sweep(trajectory, calls, latents, sweep, generator, tick, blocks, residuals)
         squares = {c: sweep.sums[c].pow(2).sum((0, 1)) for c in COMPONENTS}
@@ -391,7 +414,9 @@ def _measure_batch(model: torch.nn.Module, trajectory: Trajectory, span: VideoSp
             c: totals.squares[c] + squares[c] for c in COMPONENTS}
         if residuals is not None:
             reuse = residuals.sums.pow(2).sum((0, 1))
+            predict = residuals.predict_sums.pow(2).sum((0, 1))
             totals.reuse_squares = reuse if totals.reuse_squares is None else totals.reuse_squares + reuse
+            totals.predict_squares = predict if totals.predict_squares is None else totals.predict_squares + predict
     finally:
         calls.close()
         if blocks is not None:
@@ -460,9 +485,10 @@ def measure_sensitivity(
     meta = {"probes": probes, "output_elements_per_clip": totals.numel,
             "plain_run_seconds": totals.plain_seconds}
     reuse = None if totals.reuse_squares is None else totals.reuse_squares / scale
+    predict = None if totals.predict_squares is None else totals.predict_squares / scale
     return DamageTable("sensitivity", reduction, totals.num_layers, num_steps, totals.text_tokens,
                        steps_groups, measured, damage, totals.clips, meta, reuse_periods=periods,
-                       reuse=reuse, costs=totals.costs)
+                       reuse=reuse, predict=predict, costs=totals.costs)
 
 
 def _site_count(calls: AttentionCalls, known: int | None, reduction: Reduction) -> int:
