@@ -2,9 +2,9 @@
 
 The table groups consecutive steps that use the same per-site ratios and block reuse (one
 column per group), so even a 50-step schedule prints exactly in a few columns. The PNG draws
-layers x steps for Q and K/V side by side with pillow alone. A block reused at a step (a
-schedule's ``reuse`` table, block ``i`` holding site ``i``) is ``R`` in the table and orange in
-the PNG.
+layers x steps for Q and K/V side by side with pillow alone. A block that does not run at a
+step (a schedule's ``reuse`` table, block ``i`` holding site ``i``) is ``R`` (its last residual
+reused) or ``P`` (predicted from its last two) in the table, orange or dark red in the PNG.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ __all__ = ["step_runs", "format_summary", "format_table", "format_schedule", "he
 # Colour ramp from 0 (pale) to 1 (dark): a viridis-like sequence of stops, so that ratio
 # differences read as lightness differences also in grey-scale print.
 REUSED = (230, 85, 13)
-"""Colour of a reused block's cells in the heat map (outside the ratio ramp)."""
+PREDICTED = (165, 15, 21)
+"""Colours of a reused and a predicted block's cells in the heat map (outside the ratio ramp)."""
 
 _RAMP = [
     (0.0, (247, 247, 240)),
@@ -111,16 +112,16 @@ def format_table(schedule: Schedule, max_columns: int = 16) -> str:
         for a, _ in runs:
             q, kv = schedule.q[a][i], schedule.kv[a][i]
             if _reused(schedule, a, i):
-                row.append("R")
+                row.append("R" if schedule.reuse[a][i] == 1 else "P")
             else:
                 row.append("." if q == kv == 0 else f"{_ratio(q)}/{_ratio(kv)}")
         rows.append(row)
     legend = "cells are Q/K-V ratios ('.' = not reduced"
-    legend += ", 'R' = the block is reused)" if schedule.reuse is not None else ")"
+    legend += (", 'R' / 'P' = the block reuses / predicts its residual)" if schedule.reuse is not None else ")")
     table = tabulate(rows, headers=headers, disable_numparse=True)
     if schedule.reuse is not None and schedule.num_blocks != schedule.num_layers:
-        reuse_rows = [[b] + ["R" if schedule.reuse[a][b] else "." for a, _ in runs] for b in range(schedule.num_blocks)]
-        table += "\n\nblock reuse per block ('R' = reused)\n" + tabulate(
+        reuse_rows = [[b] + [".RP"[schedule.reuse[a][b]] for a, _ in runs] for b in range(schedule.num_blocks)]
+        table += "\n\nblock reuse per block ('R' = reused, 'P' = predicted)\n" + tabulate(
             reuse_rows, headers=["block"] + headers[1:], disable_numparse=True)
     return legend + "\n" + table
 
@@ -168,7 +169,7 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
 
     Rows are attention sites (site 0, the shallowest, at the top), columns are steps
     (step 0, the noisiest, at the left); a colour bar maps ratio 0-1; a reused block's cells
-    are orange.
+    are orange, a predicted block's dark red.
     """
     L, S = schedule.num_layers, schedule.num_steps
     cw = max(3, min(60, 480 // S))
@@ -190,7 +191,8 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
             for i in range(L):
                 d.rectangle([x0 + s * cw, top + i * ch, x0 + (s + 1) * cw - 1,
                              top + (i + 1) * ch - 1],
-                            fill=REUSED if _reused(schedule, s, i) else _colour(table[s][i]),
+                            fill=(REUSED if schedule.reuse[s][i] == 1 else PREDICTED) if _reused(schedule, s, i)
+                            else _colour(table[s][i]),
                             # cell borders only where cells are big enough to need them
                             outline=(255, 255, 255) if min(cw, ch) >= 10 else None)
         d.rectangle([x0 - 1, top - 1, x0 + pw, top + ph], outline="black")
@@ -216,8 +218,10 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
         d.text((bx + bar_w + 4, y), f"{v:g}", fill="black", font=small, anchor="lm")
     d.text((bx + bar_w // 2, top - 6), "ratio", fill="black", font=small, anchor="mb")
     if schedule.reuse is not None:
-        d.rectangle([bx, top + ph + 8, bx + bar_w, top + ph + 8 + 12], fill=REUSED, outline="black")
-        d.text((bx + bar_w + 4, top + ph + 14), "reused", fill="black", font=small, anchor="lm")
+        for k, (fill, label) in enumerate(((REUSED, "reused"), (PREDICTED, "predicted"))):
+            y = top + ph + 8 + 16 * k
+            d.rectangle([bx, y, bx + bar_w, y + 12], fill=fill, outline="black")
+            d.text((bx + bar_w + 4, y + 6), label, fill="black", font=small, anchor="lm")
     if path is not None:
         from ..files import atomic_path
 
