@@ -7,7 +7,8 @@ then scored on held-out clips no calibration saw (the first 4 of
 :data:`~asymrnr_fx.small.protocol.HELD_OUT`), all compiled with Inductor:
 
 * **Inductor**: the unaccelerated model (the reference of every PSNR and speedup);
-* **AsymRnR @ T dB**: token cuts only, calibrated to a predicted T dB (``--target-psnr T``);
+* **AsymRnR @ T dB**: token cuts only, calibrated to a predicted T dB (``--target-psnr T``), for T
+  in 27, 30, 33, 36 (27 too, since the predicted PSNR of block reuse proved conservative);
 * **each step cache alone** (diffusers' FirstBlockCache, TaylorSeer, PAB, FasterCache) at the
   settings ``benchmarks/compose.py`` chose at 20 steps;
 * **blind stacking**: each cache with AsymRnR @ 33 dB, tuned apart;
