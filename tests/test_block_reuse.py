@@ -184,3 +184,17 @@ def test_reuse_in_a_schema_1_file_says_which_version_it_needs() -> None:
     data["schema_version"] = 1
     with pytest.raises(ValueError, match="needs schema_version 2"):
         Schedule.from_dict(data)
+
+
+def test_show_marks_reused_and_predicted_blocks() -> None:
+    from asymrnr_fx.schedules.viz import PREDICTED, REUSED, format_schedule, heatmap
+
+    reuse = [[0, 0], [1, 2], [0, 2], [0, 0]]
+    schedule = Schedule(2, 4, [[0.5, 0.0]] * 4, [[0.0, 0.0]] * 4, reuse=reuse, name="r")
+    text = format_schedule(schedule)
+    assert "block reuse: 37.5% of (step, block) cells of 2 blocks skip the block (1 reuse" in text
+    assert "2 predict it" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith(("0 ", "1 "))]
+    assert rows[0][1:] == [".50/.", "R", ".50/.", ".50/."] and rows[1][1:] == [".", "P", "P", "."]
+    colours = set(heatmap(schedule).getdata())
+    assert REUSED in colours and PREDICTED in colours

@@ -82,8 +82,10 @@ def format_summary(schedule: Schedule) -> str:
         tablefmt="simple", disable_numparse=True,
     )
     if schedule.reuse is not None:
+        cells = [v for row in schedule.reuse for v in row]
         head += (f"\nblock reuse: {100 * schedule.reused_share():.1f}% of (step, block) cells of "
-                 f"{schedule.num_blocks} blocks add their last residual instead of running")
+                 f"{schedule.num_blocks} blocks skip the block ({cells.count(1)} reuse its last residual, "
+                 f"{cells.count(2)} predict it from its last two)")
     return head + "\n" + table
 
 
@@ -179,7 +181,8 @@ def heatmap(schedule: Schedule, path: str | os.PathLike | None = None) -> Image.
     pw, ph = cw * S, ch * L
     title = f"{schedule.name}: " if schedule.name else ""
     title = f"{title}{L} layers x {S} steps (fraction of video tokens removed)"
-    width = max(left + 2 * pw + gap + 60 + bar_w + pad, round(font.getlength(title)) + 2 * pad)
+    legend = 60 if schedule.reuse is None else 96  # room for "predicted" beside the colour bar
+    width = max(left + 2 * pw + gap + legend + bar_w + pad, round(font.getlength(title)) + 2 * pad)
     height = top + ph + 56
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
