@@ -514,9 +514,10 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
                         "plain model (sensitivity only; from the measurement's timing table, see --cost), "
                         "token cuts and, with a --reuse measurement, block reuse chosen together")
     p.add_argument("--reuse", action="store_true",
-                   help="also price reusing each transformer block's residual (computed at every p-th step "
-                   "of a refresh window, p from 2 to the cache interval) for --target-psnr/--target-speedup; "
-                   "the schedule then carries a reuse table, run by apply() and generate")
+                   help="also price skipping each transformer block, computed at every p-th step of a refresh "
+                   "window (p from 2 to the cache interval) and in between reusing its last residual or "
+                   "predicting it from its last two, for --target-psnr/--target-speedup; the schedule then "
+                   "carries a reuse table, run by apply(), generate and demo")
     p.add_argument("--cost", choices=("seconds", "flops"), default="seconds",
                    help="what a speed or joint target saves: the measurement's seconds on this machine "
                    "(default) or its FLOPs")
