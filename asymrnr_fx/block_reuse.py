@@ -5,9 +5,8 @@ denoising step and transformer block, the blocks that are not run: such a block 
 plus the residual (output minus input) it computed at its last computed step of the same
 generation and CFG branch (cell 1, as FORA / Delta-DiT style caches do), or that residual
 extrapolated linearly from its last two computed steps (cell 2, the first-order prediction of
-TaylorSeer). Calibration chooses these
-decisions together with the token cuts, priced in the same predicted output error
-(:mod:`asymrnr_fx.schedules.joint`).
+TaylorSeer). Calibration chooses these decisions together with the token cuts, priced in the
+same predicted output error (:mod:`asymrnr_fx.schedules.joint`).
 
 Each block gets a diffusers ``ModelHook`` (:class:`BlockReuseHook`). The hook's decision reads
 only the step the application's :class:`~asymrnr_fx.state.AsymRnRState` was told, so under

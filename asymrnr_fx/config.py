@@ -172,6 +172,13 @@ class AsymRnRConfig:
         """The loaded schedule (preset or fixed table) and the settings it carries."""
         return self._source  # type: ignore[attr-defined]
 
+    @property
+    def reuse_schedule(self) -> Schedule | None:
+        """The fixed schedule when it carries a block-reuse table (run by ``apply``), else None."""
+        source = self.schedule_source
+        schedule = None if source is None else source.schedule
+        return schedule if schedule is not None and schedule.reuse is not None else None
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AsymRnRConfig:
         """Build from a mapping; an unknown key is an error that lists the known ones."""

@@ -258,8 +258,7 @@ def backend(config: AsymRnRConfig | None = None, inner: str = "inductor", **fiel
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
-    schedule = config.schedule_source.schedule if config.schedule_source is not None else None
-    if schedule is not None and schedule.reuse is not None:
+    if config.reuse_schedule is not None:
         raise ValueError(f"schedule {config.schedule_source.label} reuses transformer blocks, which a backend "
                          "cannot do (it sees graphs, not blocks): use asymrnr_fx.apply(pipe, schedule=...), "
                          "which hooks the blocks")

@@ -256,10 +256,9 @@ def apply(
     config = config or AsymRnRConfig()
     if fields:
         config = config.replace(**fields)
-    reused = config.schedule_source.schedule if config.schedule_source is not None else None
-    reused = reused if reused is not None and reused.reuse is not None else None
-    for transformer in transformers:
-        if reused is not None:  # before anything changes: the table must fit every transformer
+    reused = config.reuse_schedule
+    if reused is not None:  # before anything changes: the table must fit every transformer
+        for transformer in transformers:
             block_reuse.check(transformer, reused.num_blocks)
     for transformer in transformers:
         _parallelize(transformer, parallel)

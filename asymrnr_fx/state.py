@@ -90,7 +90,7 @@ def stats_summary(stats: Mapping[str, int], fallbacks: int = 0) -> str:
             "reusing a cached match)")
     if st["blocks_reused"]:
         line += (f"; {st['blocks_reused']} of {st['blocks_reused'] + st['blocks_computed']} block call(s) "
-                 "reused their last residual")
+                 "reused their last residual (or extrapolated it) instead of running")
     if fallbacks:
         line += f"; {fallbacks} graph(s) fell back (see the WARNING above)"
     return line
@@ -226,9 +226,7 @@ class AsymRnRState:
     @property
     def reuse_schedule(self) -> Any:  # Schedule | None
         """The schedule whose ``reuse`` table the block hooks follow (None: no reuse)."""
-        source = self.config.schedule_source
-        schedule = None if source is None else source.schedule
-        return schedule if schedule is not None and schedule.reuse is not None else None
+        return self.config.reuse_schedule
 
     def reuse_mode(self, block: int) -> int:
         """The reuse cell of ``block`` at the running step (0 compute, 1 reuse, 2 predict; the

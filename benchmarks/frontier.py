@@ -96,8 +96,8 @@ def _cache_config(cache: str, steps: int, clock: dict) -> Any:
     return cache_configs(clock)[cache]()
 
 
-def settings(steps: int, schedules: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every setting at ``steps``: name, kind, cache, schedule, prediction."""
+def settings(schedules: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every setting of one step count (``schedules``: its fits): name, kind, cache, schedule."""
     rows = [{"setting": "Inductor", "kind": "baseline", "cache": None, "schedule": None}]
     for target in TARGETS:
         rows.append({"setting": f"AsymRnR @ {target:g} dB", "kind": "asymrnr", "cache": None,
@@ -151,7 +151,7 @@ def run_steps(steps: int, rounds: int, remeasure: bool) -> dict[str, Any]:
                               name=f"small-{steps}-{kind}-{target:g}")
             schedules[(kind, target)] = fit.schedule
             predicted[(kind, target)] = fit.stats
-    rows = settings(steps, schedules)
+    rows = settings(schedules)
     geometry = clip_geometry(load_small_model())
     torch._dynamo.reset()
     torch._dynamo.config.recompile_limit = 64  # every setting keeps its own graphs of the block code

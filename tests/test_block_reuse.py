@@ -16,6 +16,8 @@ from asymrnr_fx.block_reuse import reuse_blocks
 from asymrnr_fx.schedules.schedule import Schedule
 from asymrnr_fx.tiny_models import build_tiny
 
+from . import test_step_caches as step_caches
+
 STEPS = 8
 
 
@@ -26,27 +28,8 @@ def _pipe() -> tuple[SimpleNamespace, dict]:
 
 def _generate(pipe: SimpleNamespace, inputs: dict, cfg: str, on_step=lambda i: None,  # noqa: ANN001
               on_branch=lambda b: None) -> torch.Tensor:  # noqa: ANN001
-    pipe.scheduler.set_timesteps(STEPS)
-    latents = inputs["hidden_states"]
-    with torch.no_grad():
-        for i, t in enumerate(pipe.scheduler.timesteps):
-            on_step(i)
-            if cfg == "batched":
-                on_branch("cond_uncond")
-                with pipe.transformer.cache_context("cond_uncond"):
-                    both = pipe.transformer(**{**inputs, "hidden_states": torch.cat([latents] * 2),
-                                               "encoder_hidden_states": torch.cat([inputs["encoder_hidden_states"]] * 2),
-                                               "timestep": t.expand(2)})[0]
-                cond, uncond = both.chunk(2)
-            else:
-                outs = []
-                for branch in ("cond", "uncond"):
-                    on_branch(branch)
-                    with pipe.transformer.cache_context(branch):
-                        outs.append(pipe.transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(1)})[0])
-                cond, uncond = outs
-            latents = pipe.scheduler.step(uncond + 2.0 * (cond - uncond), t, latents).prev_sample
-    return latents
+    """The step caches' pipeline-shaped generation (CFG batched or split), at this file's steps."""
+    return step_caches._generate(pipe, inputs, {"t": 1000.0}, cfg, STEPS, on_step, on_branch)
 
 
 def _reuse_table(num_blocks: int) -> list[list[int]]:

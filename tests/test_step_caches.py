@@ -50,9 +50,11 @@ def _caches(clock: dict) -> dict[str, Callable[[], Any]]:
 
 
 def _generate(pipe: SimpleNamespace, inputs: dict, clock: dict, cfg: str, steps: int = STEPS,
-              on_step: Callable[[int], None] = lambda i: None) -> torch.Tensor:
+              on_step: Callable[[int], None] = lambda i: None,
+              on_branch: Callable[[str], None] = lambda name: None) -> torch.Tensor:
     """A pipeline-shaped generation: CFG batched (one forward of batch 2) or split (two
-    forwards, "cond" then "uncond"); the pipeline resets the caches after it, as diffusers does."""
+    forwards, "cond" then "uncond"); ``on_branch`` hears each forward's cache_context name. The
+    pipeline resets the caches after it, as diffusers does."""
     pipe.scheduler.set_timesteps(steps)
     latents = inputs["hidden_states"]
     with torch.no_grad():
@@ -60,6 +62,7 @@ def _generate(pipe: SimpleNamespace, inputs: dict, clock: dict, cfg: str, steps:
             on_step(i)
             clock["t"] = float(t)
             if cfg == "batched":
+                on_branch("cond_uncond")
                 with pipe.transformer.cache_context("cond_uncond"):
                     both = pipe.transformer(**{**inputs, "hidden_states": torch.cat([latents] * 2),
                                                "encoder_hidden_states": torch.cat([inputs["encoder_hidden_states"]] * 2),
@@ -68,6 +71,7 @@ def _generate(pipe: SimpleNamespace, inputs: dict, clock: dict, cfg: str, steps:
             else:
                 outs = []
                 for branch in ("cond", "uncond"):
+                    on_branch(branch)
                     with pipe.transformer.cache_context(branch):
                         outs.append(pipe.transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(1)})[0])
                 cond, uncond = outs

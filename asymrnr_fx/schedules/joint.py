@@ -152,25 +152,24 @@ def choose(opts: Options, lam: float) -> JointChoice:
     return JointChoice(opts, cheapest)
 
 
-def _bisect(opts: Options, ok: Any, want_large: bool, iterations: int = 200) -> tuple[JointChoice, JointChoice]:
-    """(feasible, next) choices at the bracketing prices: ``ok(choice)`` holds at the feasible
-    one; ``want_large`` seeks the largest feasible price (else the smallest)."""
+def _bisect(opts: Options, ok: Any, want_large: bool, iterations: int = 200) -> JointChoice:
+    """The choice at the bracketing price where ``ok(choice)`` holds (if any does):
+    ``want_large`` seeks the largest such price, else the smallest."""
     lo, hi = -40.0, 40.0  # log10 of the price: far beyond any damage / cost scale
     if want_large:
         if not ok(choose(opts, 10 ** lo)):
-            return choose(opts, 0.0), choose(opts, 10 ** lo)
+            return choose(opts, 0.0)
         if ok(choose(opts, 10 ** hi)):
-            return choose(opts, 10 ** hi), choose(opts, 10 ** hi)
+            return choose(opts, 10 ** hi)
     elif ok(choose(opts, 10 ** lo)):
-        return choose(opts, 10 ** lo), choose(opts, 10 ** lo)
+        return choose(opts, 10 ** lo)
     for _ in range(iterations):
         mid = (lo + hi) / 2
         if ok(choose(opts, 10 ** mid)) == want_large:
             lo = mid
         else:
             hi = mid
-    feasible, other = (lo, hi) if want_large else (hi, lo)
-    return choose(opts, 10 ** feasible), choose(opts, 10 ** other)
+    return choose(opts, 10 ** (lo if want_large else hi))
 
 
 def _improve(choice: JointChoice, *, max_mse: float | None, max_cost: float | None) -> JointChoice:
@@ -211,11 +210,11 @@ def allocate_joint(table: DamageTable, *, max_mse: float | None = None, max_cost
     if max_mse is not None:
         def ok(c: JointChoice) -> bool:
             return c.damage <= max_mse
-        feasible, _ = _bisect(opts, ok, want_large=True)
+        feasible = _bisect(opts, ok, want_large=True)
     else:
         def ok(c: JointChoice) -> bool:
             return c.cost <= max_cost
-        feasible, _ = _bisect(opts, ok, want_large=False)
+        feasible = _bisect(opts, ok, want_large=False)
     return _improve(feasible, max_mse=max_mse, max_cost=max_cost) if ok(feasible) else feasible
 
 
